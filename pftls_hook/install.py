@@ -1,0 +1,228 @@
+"""Versioned, atomic files in the install dir; switch, undo, prune.
+
+Contract: `InstallDir(path, layout).install(name, bundle, chain_files=...)` writes the
+verified bytes and returns an `Installed`: the main.cf values that point Postfix at them
+and an `undo()` that restores the files as they were. Nothing outside the install dir is
+touched; main.cf is the caller's business (postfix.py).
+
+Layouts:
+- combined (default): one file, key then full chain (Postfix >= 3.4 loads a file named as
+  both cert and key in one pass, so key and certificate can never mismatch). Each version is
+  an immutable file `<name>.<stamp>.pem`; `<name>.pem` is a hard link to the current one,
+  switched by rename(2). main.cf names `<name>.pem`, so a routine renewal needs no main.cf
+  write (a main.cf write makes Postfix wait ~1-2 s for the file to "cool").
+- separate: `<name>.<stamp>.key` (0600) and `<name>.<stamp>.crt` (0644), new files per
+  version, switched by the caller's one postconf call (as `postfix tls deploy-server-cert`).
+
+Key bytes are never readable by anyone but root: files are created 0600 with O_EXCL in the
+install dir itself, written, fsynced, renamed into place, and the directory fsynced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pftls_hook.errors import EnvironmentRefusedError
+from pftls_hook.verify import VerifiedBundle
+
+_TEMP = re.compile(r"^\..+\.tmp\.[0-9]+$")
+KEEP_VERSIONS = 2  # the current one and the one before it, for rollback
+
+
+@dataclass(frozen=True)
+class Installed:
+    params: dict[str, str]  # main.cf values that make Postfix read the new files
+    undo: Callable[[], None]  # put the files back as they were before `install`
+    files: tuple[Path, ...]
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class InstallDir:
+    def __init__(self, path: Path, layout: str = "combined") -> None:
+        self.path = path
+        self.layout = layout
+
+    # -- safety ---------------------------------------------------------------------------
+    def check(self, *, create: bool = False) -> None:
+        """Refuse a directory root cannot trust: a symlink, someone else's, or writable
+        by others (who could swap a key file between our write and Postfix's read)."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            if not create:
+                return
+            if not self.path.parent.is_dir():
+                raise EnvironmentRefusedError(
+                    f"{self.path}: install dir's parent does not exist"
+                ) from None
+            os.mkdir(self.path, 0o755)
+            st = os.lstat(self.path)
+        if stat.S_ISLNK(st.st_mode):
+            raise EnvironmentRefusedError(f"{self.path}: install dir is a symlink; refusing")
+        if not stat.S_ISDIR(st.st_mode):
+            raise EnvironmentRefusedError(f"{self.path}: install dir is not a directory")
+        if st.st_uid not in (0, os.geteuid()):
+            raise EnvironmentRefusedError(f"{self.path}: install dir is not owned by root")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise EnvironmentRefusedError(
+                f"{self.path}: install dir is writable by group or others; refusing"
+            )
+
+    def clean_temps(self) -> None:
+        """Remove temp files a killed run left behind (they never were in use)."""
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.path):
+                if _TEMP.match(entry.name) and entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+
+    # -- reading --------------------------------------------------------------------------
+    def current_path(self, name: str) -> Path:
+        return self.path / f"{name}.pem"
+
+    def versions(self, name: str, suffix: str = ".pem") -> list[Path]:
+        """Versioned files of a lineage, oldest first (the stamp sorts by time)."""
+        pattern = re.compile(re.escape(name) + r"\.[0-9]{8}T[0-9]{12}Z" + re.escape(suffix) + "$")
+        try:
+            return sorted(
+                self.path / e.name for e in os.scandir(self.path) if pattern.match(e.name)
+            )
+        except FileNotFoundError:
+            return []
+
+    def current_version(self, name: str) -> Path | None:
+        current = self.current_path(name)
+        if not current.exists():
+            return None
+        for version in reversed(self.versions(name)):
+            if os.path.samefile(version, current):
+                return version
+        return None
+
+    # -- writing --------------------------------------------------------------------------
+    def _write_new(self, path: Path, data: bytes, mode: int) -> None:
+        tmp = self.path / f".{path.name}.tmp.{os.getpid()}"
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        try:
+            if os.geteuid() == 0:
+                os.fchown(fd, 0, 0)
+            os.fchmod(fd, mode)  # the umask must not decide a key file's mode
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
+
+    def _link_current(self, name: str, version: Path) -> None:
+        tmp = self.path / f".{name}.pem.tmp.{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.link(version, tmp)
+        os.replace(tmp, self.current_path(name))  # the one atomic switch
+        _fsync_dir(self.path)
+
+    def install(self, name: str, bundle: VerifiedBundle, *, chain_files: bool) -> Installed:
+        if self.layout == "separate":
+            return self._install_separate(name, bundle, chain_files=chain_files)
+        return self._install_combined(name, bundle, chain_files=chain_files)
+
+    def _install_combined(
+        self, name: str, bundle: VerifiedBundle, *, chain_files: bool
+    ) -> Installed:
+        current = self.current_path(name)
+        before = self.current_version(name)
+        if before is None and current.exists():
+            # A <name>.pem we did not version (an older install, or copied by hand): keep
+            # it as a version so undo and rollback can return to it.
+            before = self.path / f"{name}.{_stamp()}.pem"
+            os.link(current, before)
+        new = self.path / f"{name}.{_stamp()}.pem"
+        self._write_new(new, bundle.combined_pem(), 0o600)
+        self._link_current(name, new)
+
+        def undo() -> None:
+            if before is not None:
+                self._link_current(name, before)
+            else:
+                current.unlink(missing_ok=True)
+            new.unlink(missing_ok=True)
+            _fsync_dir(self.path)
+
+        path = str(current)
+        params = (
+            {"smtpd_tls_chain_files": path}
+            if chain_files
+            else {"smtpd_tls_cert_file": path, "smtpd_tls_key_file": path}
+        )
+        return Installed(params, undo, (new, current))
+
+    def _install_separate(
+        self, name: str, bundle: VerifiedBundle, *, chain_files: bool
+    ) -> Installed:
+        stamp = _stamp()
+        key = self.path / f"{name}.{stamp}.key"
+        crt = self.path / f"{name}.{stamp}.crt"
+        self._write_new(key, bundle.key_pem, 0o600)
+        self._write_new(crt, bundle.fullchain_pem, 0o644)
+        _fsync_dir(self.path)
+
+        def undo() -> None:
+            key.unlink(missing_ok=True)
+            crt.unlink(missing_ok=True)
+            _fsync_dir(self.path)
+
+        params = (
+            {"smtpd_tls_chain_files": f"{key} {crt}"}
+            if chain_files
+            else {"smtpd_tls_cert_file": str(crt), "smtpd_tls_key_file": str(key)}
+        )
+        return Installed(params, undo, (key, crt))
+
+    def switch_to(self, name: str, version: Path) -> Callable[[], None]:
+        """Point `<name>.pem` at an existing version (rollback); returns the undo."""
+        before = self.current_version(name)
+        self._link_current(name, version)
+
+        def undo() -> None:
+            if before is not None:
+                self._link_current(name, before)
+
+        return undo
+
+    def prune(self, name: str, keep: set[Path]) -> list[Path]:
+        """Delete versions beyond the newest KEEP_VERSIONS, never one in `keep`."""
+        removed = []
+        for suffixes in ((".pem",), (".key", ".crt")):
+            stamps = sorted({p.name[: -len(s)] for s in suffixes for p in self.versions(name, s)})
+            for stem in stamps[:-KEEP_VERSIONS]:
+                for s in suffixes:
+                    path = self.path / f"{stem}{s}"
+                    if path in keep or not path.exists():
+                        continue
+                    path.unlink()
+                    removed.append(path)
+        return removed

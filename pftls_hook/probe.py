@@ -1,0 +1,112 @@
+"""A mail client's view: which certificate does Postfix serve right now?
+
+Contract: `served(endpoint)` does EHLO, STARTTLS (or TLS from the first byte) and returns
+the SHA-256 of the leaf the server sent, or raises `ProbeError`. `wait_for(endpoints,
+expected, timeout)` retries until every endpoint serves `expected` and raises `ProbeError`
+at the deadline, or at once on a 454: smtpd answers STARTTLS with 454 when it could not load
+its key, and keeps advertising STARTTLS, so EHLO alone proves nothing. The client checks no
+chain or name (that was done on the files); it only identifies the leaf. `posttls-finger`
+is not used: it always exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import smtplib
+import ssl
+import time
+from collections.abc import Sequence
+
+from pftls_hook.config import Endpoint
+from pftls_hook.errors import PftlsError
+
+_RETRY_SECONDS = 0.05
+_HELO_NAME = "pftls-hook.probe"
+
+
+class ProbeError(PftlsError):
+    """The endpoint did not serve a certificate we could read, or not the expected one."""
+
+
+def _context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # Identification only: the files were verified before install; here we want the leaf
+    # whatever it is, to compare fingerprints.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def served(endpoint: Endpoint, *, timeout: float = 5.0) -> str:
+    """SHA-256 (hex) of the leaf certificate the endpoint serves."""
+    return hashlib.sha256(fetch(endpoint, timeout=timeout)).hexdigest()
+
+
+def fetch(endpoint: Endpoint, *, timeout: float = 5.0) -> bytes:
+    """The DER leaf certificate the endpoint serves."""
+    try:
+        if endpoint.implicit_tls:
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                endpoint.host,
+                endpoint.port,
+                local_hostname=_HELO_NAME,
+                timeout=timeout,
+                context=_context(),
+            )
+        else:
+            client = smtplib.SMTP(
+                endpoint.host, endpoint.port, local_hostname=_HELO_NAME, timeout=timeout
+            )
+        with client:
+            if not endpoint.implicit_tls:
+                client.ehlo()
+                if not client.has_extn("starttls"):
+                    raise ProbeError(f"{endpoint}: STARTTLS not offered after EHLO")
+                code, message = client.docmd("STARTTLS")
+                if code == 454:
+                    text = message.decode(errors="replace")
+                    raise ProbeError(
+                        f"{endpoint}: STARTTLS refused with 454 ({text}): "
+                        "smtpd could not load its key or certificate"
+                    )
+                if code != 220:
+                    raise ProbeError(f"{endpoint}: STARTTLS answered {code}")
+                client.sock = _context().wrap_socket(client.sock)  # type: ignore[arg-type]
+            der: bytes | None = client.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                client.quit()  # the certificate is what we came for; QUIT is courtesy
+    except ProbeError:
+        raise
+    except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
+        raise ProbeError(f"{endpoint}: {type(exc).__name__}: {exc}") from None
+    if not der:
+        raise ProbeError(f"{endpoint}: no certificate served")
+    return der
+
+
+def wait_for(endpoints: Sequence[Endpoint], expected: str, *, timeout: float) -> None:
+    """Return once every endpoint serves `expected`. `postfix reload` is asynchronous and
+    busy smtpd processes finish their session with the old certificate, so retry."""
+    pending = list(endpoints)
+    deadline = time.monotonic() + timeout
+    last = ""
+    while pending:
+        still = []
+        for endpoint in pending:
+            try:
+                got = served(endpoint, timeout=max(1.0, min(5.0, timeout)))
+            except ProbeError as exc:
+                if "454" in str(exc):
+                    raise
+                last = str(exc)
+                still.append(endpoint)
+                continue
+            if got != expected:
+                last = f"{endpoint}: serves {got[:16]}…, expected {expected[:16]}…"
+                still.append(endpoint)
+        pending = still
+        if pending:
+            if time.monotonic() >= deadline:
+                raise ProbeError(f"after {timeout:g} s: {last}")
+            time.sleep(_RETRY_SECONDS)

@@ -1,0 +1,64 @@
+"""The single door to subprocesses.
+
+Contract: `run(argv)` executes an argument list (never a shell) with a fixed PATH, a minimal
+fixed environment, no stdin and a timeout, and returns a `Result`. It raises `CommandError`
+only when the program cannot be started or times out; a non-zero exit is data for the caller,
+who decides whether it is an error (`Result.check`). certbot gives hooks no timeout, so a
+hung child here would hang certbot: every call is bounded.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pftls_hook.errors import CommandError
+
+# A fixed PATH: the caller's PATH (certbot's, a snap's, cron's) must not decide which
+# `postfix` runs as root.
+FIXED_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def check(self) -> Result:
+        """Return self when the command succeeded, else raise a one-line CommandError."""
+        if not self.ok:
+            detail = (self.stderr.strip() or self.stdout.strip()).splitlines()
+            last = detail[-1] if detail else "no output"
+            raise CommandError(f"`{' '.join(self.argv)}` exited {self.returncode}: {last}")
+        return self
+
+
+def run(argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT) -> Result:
+    args = tuple(argv)
+    env = {"PATH": FIXED_PATH, "LANG": "C", "LC_ALL": "C"}
+    try:
+        proc = subprocess.run(
+            args,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            env=env,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(f"`{args[0]}` not found: is it installed?") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(f"`{' '.join(args)}` timed out after {timeout:g} s") from exc
+    except OSError as exc:
+        raise CommandError(f"`{args[0]}` could not be started: {exc.strerror}") from exc
+    return Result(args, proc.returncode, proc.stdout, proc.stderr)
