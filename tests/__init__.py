@@ -1,0 +1,1 @@
+"""Test package: makes `tests.support` importable however pytest is started."""
