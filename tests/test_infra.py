@@ -18,8 +18,8 @@ from cryptography.x509.verification import PolicyBuilder, Store
 
 from tests.conftest import MakePostfix
 from tests.support.certbot import Certbot
-from tests.support.certs import self_signed
 from tests.support.pebble import Pebble
+from tests.support.pki import Leaf
 from tests.support.postfix import (
     PostfixInstance,
     served_certificate,
@@ -60,7 +60,7 @@ def test_private_postfix_serves_initial_certificate(postfix: PostfixInstance) ->
     assert postfix.is_running()
     data = postfix.initial_cert_file.read_bytes()
     # Key first, then the certificate, in one root-only file.
-    assert data.lstrip().startswith(b"-----BEGIN EC PRIVATE KEY-----")
+    assert data.lstrip().startswith(b"-----BEGIN PRIVATE KEY-----")
     assert stat.S_IMODE(postfix.initial_cert_file.stat().st_mode) == 0o600
     cert = _initial_cert(postfix)
     assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == NAME
@@ -94,12 +94,12 @@ def test_stop_is_idempotent_and_restart_works(postfix: PostfixInstance) -> None:
 
 
 def test_reload_serves_a_new_certificate(postfix: PostfixInstance, tmp_path: Path) -> None:
-    fresh = self_signed(NAME)
+    fresh = Leaf.self_signed(NAME)
     combined = tmp_path / "fresh.pem"
-    _write_combined(combined, fresh.key_pem(), fresh.cert_pem())
+    _write_combined(combined, fresh.key_pem(), fresh.cert_pem)
     _point_at(postfix, combined)
     postfix.reload()
-    wait_for_served_sha256(HOST, postfix.port, hashlib.sha256(fresh.cert_der()).hexdigest())
+    wait_for_served_sha256(HOST, postfix.port, hashlib.sha256(fresh.cert_der).hexdigest())
     assert "reload" in postfix.log_text()
 
 

@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-from .certs import issue_leaf, make_ca
 from .net import LOOPBACK, free_port, port_accepts, wait_until
+from .pki import CA
 
 PEBBLE = "/usr/bin/pebble"
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -48,12 +48,12 @@ class Pebble:
         self.base.mkdir(parents=True, exist_ok=True)
         # pebble's own HTTPS certificate: a tiny CA that clients are told to
         # trust (REQUESTS_CA_BUNDLE), separate from the ACME roots it issues from.
-        ca = make_ca("pebble test TLS CA")
-        leaf = issue_leaf(ca, [LOOPBACK, "localhost"])
+        ca = CA.root("pebble test TLS CA")
+        leaf = ca.issue(LOOPBACK, "localhost")
         cert_file = self.base / "pebble-tls-cert.pem"
         key_file = self.base / "pebble-tls-key.pem"
-        self.tls_ca_file.write_bytes(ca.cert_pem())
-        cert_file.write_bytes(leaf.cert_pem())
+        self.tls_ca_file.write_bytes(ca.cert_pem)
+        cert_file.write_bytes(leaf.cert_pem)
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(leaf.key_pem())

@@ -15,6 +15,7 @@ that pftls-hook must refuse.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -273,6 +274,15 @@ class Leaf(_Issued):
         return self.cert_pem + self.chain_pem
 
 
+def _general_name(name: str) -> x509.GeneralName:
+    """An IP address SAN for an address (clients such as requests match 127.0.0.1 there),
+    a DNS name otherwise."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def _name(common_name: str) -> x509.Name:
     return x509.Name(
         [
@@ -336,7 +346,7 @@ def _leaf(
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
     if san:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+            x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False
         )
     signer = issuer.key if issuer else key
     return Leaf(cert=builder.sign(signer, _signing_hash(signer)), key=key, issuer=issuer)

@@ -18,8 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from .certs import self_signed
 from .net import LOOPBACK, port_accepts, wait_until
+from .pki import Leaf
 
 # A fixed PATH: the postfix wrapper scripts call postconf, postsuper, etc. by name.
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -111,12 +111,12 @@ class PostfixInstance:
         os.utime(main_cf, (past, past))
 
     def _write_initial_cert(self) -> None:
-        pair = self_signed(self.hostname)
+        pair = Leaf.self_signed(self.hostname)
         # One file, key first: Postfix >= 3.4 loads it in one pass when
         # smtpd_tls_cert_file == smtpd_tls_key_file, so key and cert always match.
         fd = os.open(self.initial_cert_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
-            out.write(pair.key_pem() + pair.cert_pem())
+            out.write(pair.key_pem() + pair.cert_pem)
         self.initial_cert_file.chmod(0o600)
 
     def _main_cf(self) -> str:
