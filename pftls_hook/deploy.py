@@ -330,7 +330,8 @@ class Deployer:
                 str(directory.current_path(name)),
             )
             return name, Installed(params, undo, (target,)), split_pem(data, data)
-        name = ours[0].name.split(".")[0]
+        # `<name>.<stamp>.key`: lineage names hold dots (mail.example.com), the stamp none.
+        name = ours[0].name.rsplit(".", 2)[0]
         stems = [p.name.removesuffix(".crt") for p in directory.versions(name, ".crt")]
         older_stems = [
             st
