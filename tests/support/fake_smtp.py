@@ -12,6 +12,7 @@ is what smtpd answers when it could not load its key. Each connection gets its o
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socketserver
 import ssl
@@ -40,7 +41,9 @@ class _Server(socketserver.ThreadingTCPServer):
         self.lock = threading.Lock()
 
 
-def _dialogue(rfile: BinaryIO, send: Callable[[bytes], object], server: _Server) -> str:
+def _dialogue(
+    rfile: BinaryIO | io.BufferedIOBase, send: Callable[[bytes], object], server: _Server
+) -> str:
     """Answer commands until STARTTLS or QUIT; returns the command that ended it."""
     while True:
         line = rfile.readline(1024)

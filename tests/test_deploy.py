@@ -1,0 +1,729 @@
+"""The deploy pipeline against a real private Postfix, through the real CLI.
+
+Every test runs `python -m pftls_hook` as a subprocess, as certbot or an admin would, on a
+fake certbot lineage signed by an in-memory test CA, and judges the result from outside:
+the exit code, the one-line reasons on stderr, main.cf's bytes, the installed files' modes,
+and what a STARTTLS client is shown by Postfix (tests/support/postfix.py's own client, not
+pftls_hook's probe).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MakePostfix
+from tests.support import lineage as fake
+from tests.support.fake_smtp import FakeSmtpServer
+from tests.support.net import wait_until
+from tests.support.pki import CA, CLIENT_AUTH, Leaf
+from tests.support.postfix import PostfixInstance, served_sha256, wait_for_served_sha256
+
+HOST = "127.0.0.1"
+NAME = "mail.test.example"  # the lineage, and the instance's myhostname
+CLI_TIMEOUT = 60.0
+# A wrong certificate must be noticed quickly: the probe retries until this bound.
+PROBE_TIMEOUT = "2"
+
+# Exit codes (pftls_hook/cli.py, README).
+EXIT_OK, EXIT_REFUSED, EXIT_ROLLED_BACK, EXIT_CANNOT = 0, 3, 4, 6
+
+
+# ---------------------------------------------------------------------------- the rig
+
+
+@pytest.fixture(scope="module")
+def root() -> CA:
+    return CA.root("pftls deploy-test root")
+
+
+@pytest.fixture(scope="module")
+def inter(root: CA) -> CA:
+    return root.intermediate("pftls deploy-test intermediate")
+
+
+def sha256(leaf: Leaf) -> str:
+    return hashlib.sha256(leaf.cert_der).hexdigest()
+
+
+def combined(leaf: Leaf) -> bytes:
+    """What the combined layout must install: the key, then the full chain."""
+    return leaf.key_pem() + leaf.fullchain_pem
+
+
+@dataclass
+class Rig:
+    """One private Postfix, one certbot config dir, one install dir, one trust anchor."""
+
+    postfix: PostfixInstance
+    config: Path  # certbot's config dir (live/, archive/)
+    install_dir: Path
+    ca_file: Path
+    lock_file: Path
+    inter: CA
+
+    @property
+    def live(self) -> Path:
+        return self.config / "live"
+
+    def cli(
+        self,
+        *args: str,
+        options: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """`python -m pftls_hook <global options> <args>` as a separate process."""
+        argv = [
+            sys.executable, "-m", "pftls_hook",
+            "--live-dir", str(self.live),
+            "--postfix-config-dir", str(self.postfix.config_dir),
+            "--install-dir", str(self.install_dir),
+            "--ca-file", str(self.ca_file),
+            "--lock-file", str(self.lock_file),
+            "--probe-timeout", PROBE_TIMEOUT,
+            *options,
+            *args,
+        ]  # fmt: skip
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("PFTLS_HOOK_")}
+        environ.pop("RENEWED_LINEAGE", None)
+        environ.update(env or {})
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            env=environ,
+            timeout=CLI_TIMEOUT,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def lineage(
+        self,
+        leaf: Leaf,
+        version: int = 1,
+        name: str = NAME,
+        files: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """Version `version` of lineage `name` holds `leaf` (`files` may override some of
+        cert_pem, chain_pem, fullchain_pem, privkey_pem), and the live links point at it,
+        as after `certbot certonly` or a finished renewal."""
+        pems = dict(files or {})
+        cert, chain = pems.get("cert_pem", leaf.cert_pem), pems.get("chain_pem", leaf.chain_pem)
+        privkey, fullchain = pems.get("privkey_pem", leaf.key_pem()), pems.get("fullchain_pem")
+        if version == 1:
+            fake.new_lineage(
+                self.config,
+                name,
+                cert_pem=cert,
+                chain_pem=chain,
+                privkey_pem=privkey,
+                fullchain_pem=fullchain,
+            )
+        else:
+            fake.renew(
+                self.config,
+                name,
+                version,
+                cert_pem=cert,
+                chain_pem=chain,
+                privkey_pem=privkey,
+                fullchain_pem=fullchain,
+            )
+
+    def served(self) -> str:
+        return served_sha256(HOST, self.postfix.port)
+
+    def main_cf(self) -> bytes:
+        return self.postfix.main_cf_bytes()
+
+    def param(self, name: str) -> str:
+        return self.postfix.postconf("-h", name).strip()
+
+    @property
+    def current(self) -> Path:
+        """The combined file main.cf names: `<install>/<lineage>.pem`."""
+        return self.install_dir / f"{NAME}.pem"
+
+    def versions(self, suffix: str = ".pem") -> list[Path]:
+        pattern = re.compile(re.escape(NAME) + r"\.[0-9]{8}T[0-9]{12}Z" + re.escape(suffix) + "$")
+        if not self.install_dir.exists():
+            return []
+        return sorted(p for p in self.install_dir.iterdir() if pattern.match(p.name))
+
+    def deploy_first(self) -> Leaf:
+        """Version 1 issued, installed by a full first deploy, and served."""
+        leaf = self.inter.issue(NAME)
+        self.lineage(leaf)
+        result = self.cli("install")
+        assert_ok(result)
+        assert_serves(self, leaf)
+        return leaf
+
+
+def _make_rig(postfix: PostfixInstance, tmp_path: Path, root: CA, inter: CA) -> Rig:
+    ca_file = tmp_path / "test-root.pem"
+    ca_file.write_bytes(root.cert_pem)
+    return Rig(
+        postfix=postfix,
+        config=tmp_path / "letsencrypt",
+        install_dir=tmp_path / "tls",
+        ca_file=ca_file,
+        lock_file=tmp_path / "run" / "deploy.lock",
+        inter=inter,
+    )
+
+
+def cool_main_cf(postfix: PostfixInstance) -> None:
+    """Back-date main.cf after a test's own postconf -e: Postfix makes every reader wait
+    1-2 s for a freshly written main.cf to "cool", a cost of the setup, not of the test."""
+    past = time.time() - 60
+    os.utime(postfix.config_dir / "main.cf", (past, past))
+
+
+@pytest.fixture
+def rig(postfix: PostfixInstance, tmp_path: Path, root: CA, inter: CA) -> Rig:
+    """A running Postfix serving its own initial certificate; no lineage yet."""
+    return _make_rig(postfix, tmp_path, root, inter)
+
+
+@dataclass(frozen=True)
+class Deployed:
+    rig: Rig
+    first: Leaf  # version 1 of the lineage: installed by pftls-hook, served by Postfix
+
+
+@pytest.fixture
+def deployed(make_postfix: MakePostfix, tmp_path: Path, root: CA, inter: CA) -> Deployed:
+    """A running Postfix that serves version 1, installed by pftls-hook: the state a
+    renewal meets. The quick route there (the full first deploy is tested on its own):
+    main.cf is pointed at the install dir while Postfix is stopped, pftls-hook installs
+    (Postfix not running: no reload), then Postfix starts."""
+    rig = _make_rig(make_postfix(start=False), tmp_path, root, inter)
+    first = inter.issue(NAME)
+    rig.lineage(first)
+    current = rig.current
+    rig.postfix.postconf(
+        "-e", f"smtpd_tls_cert_file = {current}", f"smtpd_tls_key_file = {current}"
+    )
+    cool_main_cf(rig.postfix)
+    assert_ok(rig.cli("install"))
+    rig.postfix.start()
+    assert_serves(rig, first)
+    return Deployed(rig, first)
+
+
+# ----------------------------------------------------------------- named assertions
+
+
+def assert_clean_log(result: subprocess.CompletedProcess[str]) -> None:
+    """Invariant 7: one prefixed line per step on stderr, never a traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    for line in result.stderr.splitlines():
+        assert line.startswith("pftls-hook: "), f"unprefixed stderr line: {line!r}"
+
+
+def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == EXIT_OK, f"exit {result.returncode}\n{result.stderr}"
+    assert_clean_log(result)
+
+
+def assert_unchanged(
+    rig: Rig,
+    main_cf_before: bytes,
+    served_before: str,
+    result: subprocess.CompletedProcess[str],
+    *,
+    code: int | None = None,
+) -> None:
+    """Invariant 3: a refused or failed deploy leaves main.cf and the served certificate
+    as they were. After a rollback Postfix was reloaded, and new smtpd processes take a
+    moment to come up: wait (bounded) for the previous certificate rather than sample once."""
+    assert result.returncode != EXIT_OK, f"unexpectedly succeeded\n{result.stderr}"
+    if code is not None:
+        assert result.returncode == code, f"exit {result.returncode}, not {code}\n{result.stderr}"
+    assert_clean_log(result)
+    assert rig.main_cf() == main_cf_before, "main.cf changed"
+    wait_for_served_sha256(HOST, rig.postfix.port, served_before, timeout=10)
+
+
+def assert_serves(rig: Rig, leaf: Leaf) -> None:
+    """Postfix shows `leaf` to a STARTTLS client. `postfix reload` is asynchronous and an
+    old idle smtpd may take one more connection, so this waits (bounded) for it."""
+    wait_for_served_sha256(HOST, rig.postfix.port, sha256(leaf), timeout=10)
+
+
+def assert_root_file(path: Path, mode: int = 0o600) -> None:
+    """A regular file (not a link) owned by root:root with exactly `mode`."""
+    st = os.lstat(path)
+    assert stat.S_ISREG(st.st_mode), f"{path} is not a regular file"
+    assert (st.st_uid, st.st_gid) == (0, 0), f"{path} owned by {st.st_uid}:{st.st_gid}"
+    assert stat.S_IMODE(st.st_mode) == mode, f"{path} mode {stat.S_IMODE(st.st_mode):o}"
+
+
+def reload_count(postfix: PostfixInstance) -> int:
+    # postfix-script logs this once per `postfix reload` command, before it signals master.
+    return postfix.log_text().count("refreshing the Postfix mail system")
+
+
+# ------------------------------------------------------------------------- happy path
+
+
+def test_install_points_main_cf_at_one_root_only_file_and_postfix_serves_it(rig: Rig) -> None:
+    leaf = rig.inter.issue(NAME)
+    rig.lineage(leaf)
+
+    result = rig.cli("install")
+
+    assert_ok(result)
+    assert rig.param("smtpd_tls_cert_file") == str(rig.current)
+    assert rig.param("smtpd_tls_key_file") == str(rig.current)
+    assert_root_file(rig.current)
+    assert rig.current.read_bytes() == combined(leaf)
+    # The current name is a hard link to the one version; no temp file is left behind.
+    (version,) = rig.versions()
+    assert version.samefile(rig.current)
+    assert sorted(os.listdir(rig.install_dir)) == sorted([version.name, rig.current.name])
+    assert_serves(rig, leaf)
+
+
+def test_second_install_is_a_no_op(rig: Rig) -> None:
+    rig.deploy_first()
+    main_cf = rig.postfix.config_dir / "main.cf"
+    before = (main_cf.read_bytes(), main_cf.stat().st_mtime_ns)
+    # The first deploy reloaded once; let its log line land before counting.
+    wait_until(lambda: reload_count(rig.postfix) == 1, timeout=10, what="the first reload")
+    reloads = reload_count(rig.postfix)
+
+    result = rig.cli("install")
+
+    assert_ok(result)
+    assert "nothing to do" in result.stderr
+    assert (main_cf.read_bytes(), main_cf.stat().st_mtime_ns) == before
+    # Proof that no reload happened: reload once ourselves; postlogd writes lines in the
+    # order they were sent, so had the tool reloaded, its line would show up before ours.
+    rig.postfix.reload()
+    wait_until(
+        lambda: reload_count(rig.postfix) > reloads, timeout=10, what="our reload in the log"
+    )
+    assert reload_count(rig.postfix) == reloads + 1
+
+
+def test_renewal_serves_new_leaf_without_main_cf_write_and_prunes(rig: Rig) -> None:
+    rig.deploy_first()
+    main_cf = rig.main_cf()
+
+    for version in (2, 3):
+        leaf = rig.inter.issue(NAME)  # a new key each time, as certbot's default
+        rig.lineage(leaf, version)
+        result = rig.cli("install")
+        assert_ok(result)
+        assert_serves(rig, leaf)
+        assert rig.current.read_bytes() == combined(leaf)
+        assert rig.main_cf() == main_cf, "a renewal must not rewrite main.cf"
+
+    kept = rig.versions()
+    assert len(kept) == 2, kept
+    assert kept[-1].samefile(rig.current)
+    for path in kept:
+        assert_root_file(path)
+
+
+# -------------------------------------------------------------------------- refusals
+
+
+def _days_ago(days: int) -> datetime:
+    return datetime.now(UTC) - timedelta(days=days)
+
+
+def _files(leaf: Leaf) -> dict[str, bytes]:
+    return {"cert_pem": leaf.cert_pem, "chain_pem": leaf.chain_pem, "privkey_pem": leaf.key_pem()}
+
+
+Breakage = Callable[[Leaf, CA, CA], dict[str, bytes]]
+
+# case: (file named in the reason, keyword of the reason, how to break a good lineage).
+# A breakage gets a good leaf, its issuing CA and an untrusted root, and returns the lineage
+# files that replace the good ones; each case breaks one thing only.
+REFUSALS: dict[str, tuple[str, str, Breakage]] = {
+    "garbage": (
+        "cert.pem", "not PEM",
+        lambda good, inter, other: {"cert_pem": b"this is not a certificate\n"},
+    ),
+    "der": (
+        "cert.pem", "DER",
+        lambda good, inter, other: {"cert_pem": good.cert_der},
+    ),
+    "truncated-chain": (
+        "chain.pem", "truncated",
+        lambda good, inter, other: {
+            "chain_pem": good.chain_pem[: len(good.chain_pem) // 2],
+            "fullchain_pem": good.cert_pem + good.chain_pem[: len(good.chain_pem) // 2],
+        },
+    ),
+    "encrypted-key": (
+        "privkey.pem", "encrypted",
+        lambda good, inter, other: {"privkey_pem": good.key_pem(encrypted_with=b"secret")},
+    ),
+    "mismatched-key": (
+        "privkey.pem", "does not match",
+        lambda good, inter, other: {"privkey_pem": inter.issue(NAME).key_pem()},
+    ),
+    "expired": (
+        "cert.pem", "expired",
+        lambda good, inter, other: _files(
+            inter.issue(NAME, not_before=_days_ago(100), not_after=_days_ago(10))
+        ),
+    ),
+    "not-yet-valid": (
+        "cert.pem", "not yet valid",
+        lambda good, inter, other: _files(
+            inter.issue(NAME, not_before=_days_ago(-10), not_after=_days_ago(-100))
+        ),
+    ),
+    "client-auth-only": (
+        "cert.pem", "serverAuth",
+        lambda good, inter, other: _files(inter.issue(NAME, eku=[CLIENT_AUTH])),
+    ),
+    "untrusted-root": (
+        "fullchain.pem", "trust anchor",
+        lambda good, inter, other: _files(other.intermediate().issue(NAME)),
+    ),
+    "fullchain-mismatch": (
+        "fullchain.pem", "not cert.pem followed by chain.pem",
+        lambda good, inter, other: {
+            "fullchain_pem": good.cert_pem + other.intermediate().cert_pem
+        },
+    ),
+    "hostname-not-covered": (
+        "cert.pem", f"does not cover {NAME}",
+        lambda good, inter, other: _files(inter.issue("www.test.example")),
+    ),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def other_root() -> CA:
+    """A CA that is not in --ca-file."""
+    return CA.root("pftls untrusted root")
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_refused_certificate_changes_nothing(case: str, deployed: Deployed, other_root: CA) -> None:
+    rig, first = deployed.rig, deployed.first
+    installed = rig.current.read_bytes()
+    main_cf = rig.main_cf()
+    file, keyword, breakage = REFUSALS[case]
+    good = rig.inter.issue(NAME)
+    rig.lineage(good, 2, files=breakage(good, rig.inter, other_root))
+
+    result = rig.cli("install", NAME)
+
+    assert_unchanged(rig, main_cf, sha256(first), result, code=EXIT_REFUSED)
+    assert re.search(rf"pftls-hook: .*{re.escape(file)}: .*{re.escape(keyword)}", result.stderr), (
+        result.stderr
+    )
+    assert rig.current.read_bytes() == installed
+    assert len(rig.versions()) == 1
+
+
+def test_lineage_link_out_of_certbot_dir_is_refused(deployed: Deployed, tmp_path: Path) -> None:
+    rig, first = deployed.rig, deployed.first
+    main_cf = rig.main_cf()
+    # A perfectly good certificate, but reached through a link that leaves the config dir.
+    good = rig.inter.issue(NAME)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "cert1.pem").write_bytes(good.cert_pem)
+    fake.set_link(rig.config, NAME, "cert", elsewhere / "cert1.pem")
+
+    result = rig.cli("install", NAME)
+
+    assert_unchanged(rig, main_cf, sha256(first), result, code=EXIT_REFUSED)
+    assert re.search(r"cert\.pem: .*outside the certbot config dir", result.stderr), result.stderr
+
+
+def _symlinked(rig: Rig) -> str:
+    real = rig.install_dir.with_name("tls.real")
+    rig.install_dir.rename(real)
+    rig.install_dir.symlink_to(real)
+    return "a symlink"
+
+
+def _group_writable(rig: Rig) -> str:
+    rig.install_dir.chmod(0o775)
+    return "writable by group"
+
+
+@pytest.mark.parametrize("make_unsafe", [_symlinked, _group_writable], ids=["symlink", "g+w"])
+def test_unsafe_install_dir_is_refused(
+    deployed: Deployed, make_unsafe: Callable[[Rig], str]
+) -> None:
+    rig, first = deployed.rig, deployed.first
+    main_cf = rig.main_cf()
+    keyword = make_unsafe(rig)
+    rig.lineage(rig.inter.issue(NAME), 2)
+
+    result = rig.cli("install")
+
+    assert_unchanged(rig, main_cf, sha256(first), result, code=EXIT_CANNOT)
+    assert f"{rig.install_dir}: install dir is {keyword}" in result.stderr, result.stderr
+    assert len(rig.versions()) == 1
+
+
+# -------------------------------------------------------------------------- rollback
+
+
+@pytest.fixture
+def impostor(tmp_path: Path, other_root: CA) -> Iterator[FakeSmtpServer]:
+    """An SMTP server on loopback that completes STARTTLS with another certificate."""
+    with FakeSmtpServer(other_root.intermediate().issue(NAME), tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def tls_broken(tmp_path: Path, other_root: CA) -> Iterator[FakeSmtpServer]:
+    """An SMTP server on loopback that answers STARTTLS as smtpd does when its key does
+    not load: 454, while still advertising STARTTLS."""
+    with FakeSmtpServer(other_root.intermediate().issue(NAME), tmp_path, refuse_tls=True) as s:
+        yield s
+
+
+@pytest.mark.parametrize("server", ["impostor", "tls_broken"])
+@pytest.mark.parametrize("previous", [True, False], ids=["previous-version", "first-install"])
+def test_failed_probe_rolls_back(
+    server: str, previous: bool, request: pytest.FixtureRequest
+) -> None:
+    probe: FakeSmtpServer = request.getfixturevalue(server)
+    if previous:
+        deployed: Deployed = request.getfixturevalue("deployed")
+        rig = deployed.rig
+        served_before = sha256(deployed.first)
+        rig.lineage(rig.inter.issue(NAME), 2)
+    else:
+        rig = request.getfixturevalue("rig")
+        served_before = rig.served()  # the instance's own initial certificate
+        rig.lineage(rig.inter.issue(NAME))
+    installed = rig.current.read_bytes() if previous else None
+    main_cf = rig.main_cf()
+
+    result = rig.cli("install", options=("--probe", f"{HOST}:{probe.port}"))
+
+    assert_unchanged(rig, main_cf, served_before, result, code=EXIT_ROLLED_BACK)
+    assert "rolled back" in result.stderr, result.stderr
+    assert probe.connections > 0, "the probe never reached the fake server"
+    if previous:
+        assert rig.current.read_bytes() == installed
+        assert len(rig.versions()) == 1
+    else:
+        assert not rig.current.exists()
+        assert rig.versions() == []
+
+
+def test_rollback_command_serves_the_previous_version(deployed: Deployed) -> None:
+    rig, first = deployed.rig, deployed.first
+    second = rig.inter.issue(NAME)
+    rig.lineage(second, 2)
+    assert_ok(rig.cli("install"))
+    assert_serves(rig, second)
+    main_cf = rig.main_cf()
+
+    result = rig.cli("rollback")
+
+    assert_ok(result)
+    assert_serves(rig, first)
+    assert rig.current.read_bytes() == combined(first)
+    assert rig.main_cf() == main_cf
+
+
+def test_rollback_command_in_separate_layout(rig: Rig) -> None:
+    layout = ("--layout", "separate")
+    leaves = [rig.inter.issue(NAME), rig.inter.issue(NAME)]
+    pointers = []
+    for version, leaf in enumerate(leaves, start=1):
+        rig.lineage(leaf, version)
+        assert_ok(rig.cli("install", options=layout))
+        pointers.append((rig.param("smtpd_tls_key_file"), rig.param("smtpd_tls_cert_file")))
+    assert_serves(rig, leaves[1])
+
+    result = rig.cli("rollback", options=layout)
+
+    assert_ok(result)
+    assert (rig.param("smtpd_tls_key_file"), rig.param("smtpd_tls_cert_file")) == pointers[0]
+    assert_serves(rig, leaves[0])
+
+
+# ----------------------------------------------------------------------- deploy-hook
+
+
+def test_deploy_hook_skips_a_lineage_postfix_does_not_use(deployed: Deployed) -> None:
+    rig, first = deployed.rig, deployed.first
+    rig.lineage(rig.inter.issue("www.test.example"), name="www.test.example")
+    main_cf = rig.main_cf()
+
+    result = rig.cli("deploy-hook", env={"RENEWED_LINEAGE": str(rig.live / "www.test.example")})
+
+    assert_ok(result)
+    assert "skipped" in result.stderr
+    assert rig.main_cf() == main_cf
+    assert_serves(rig, first)
+    assert rig.current.read_bytes() == combined(first)
+
+
+def test_deploy_hook_refuses_a_lineage_outside_the_live_dir(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    rig, first = deployed.rig, deployed.first
+    # A complete lineage with a good certificate, in another certbot config dir.
+    stray = tmp_path / "other-letsencrypt"
+    fake.new_lineage(
+        stray,
+        NAME,
+        cert_pem=first.cert_pem,
+        chain_pem=first.chain_pem,
+        privkey_pem=first.key_pem(),
+    )
+    main_cf = rig.main_cf()
+
+    result = rig.cli("deploy-hook", env={"RENEWED_LINEAGE": str(stray / "live" / NAME)})
+
+    assert_unchanged(rig, main_cf, sha256(first), result, code=EXIT_REFUSED)
+    assert "not a lineage under" in result.stderr, result.stderr
+
+
+def test_deploy_hook_deploys_the_mail_lineage(deployed: Deployed) -> None:
+    rig = deployed.rig
+    renewed = rig.inter.issue(NAME)
+    rig.lineage(renewed, 2)
+
+    result = rig.cli("deploy-hook", env={"RENEWED_LINEAGE": str(rig.live / NAME)})
+
+    assert_ok(result)
+    assert_serves(rig, renewed)
+    assert rig.current.read_bytes() == combined(renewed)
+
+
+# ------------------------------------------------------------------- other situations
+
+
+def test_install_while_postfix_is_stopped_installs_and_warns(rig: Rig) -> None:
+    rig.postfix.stop()
+    leaf = rig.inter.issue(NAME)
+    rig.lineage(leaf)
+
+    result = rig.cli("install")
+
+    assert_ok(result)
+    assert "not running" in result.stderr
+    assert rig.param("smtpd_tls_cert_file") == str(rig.current)
+    assert rig.param("smtpd_tls_key_file") == str(rig.current)
+    assert rig.current.read_bytes() == combined(leaf)
+    assert_root_file(rig.current)
+    assert not rig.postfix.is_running()
+    rig.postfix.start()
+    assert_serves(rig, leaf)
+
+
+def test_separate_layout_writes_new_files_per_version(rig: Rig) -> None:
+    layout = ("--layout", "separate")
+    seen: set[Path] = set()
+    for version in (1, 2):
+        leaf = rig.inter.issue(NAME)
+        rig.lineage(leaf, version)
+
+        result = rig.cli("install", options=layout)
+
+        assert_ok(result)
+        key = Path(rig.param("smtpd_tls_key_file"))
+        crt = Path(rig.param("smtpd_tls_cert_file"))
+        assert key.parent == crt.parent == rig.install_dir
+        assert key.name.endswith(".key") and crt.name.endswith(".crt")
+        assert not {key, crt} & seen, "a new version must get new files"
+        seen |= {key, crt}
+        assert_root_file(key, 0o600)
+        assert_root_file(crt, 0o644)
+        assert key.read_bytes() == leaf.key_pem()
+        assert crt.read_bytes() == leaf.fullchain_pem
+        assert_serves(rig, leaf)
+
+
+def test_chain_files_parameter_is_managed_when_in_use(rig: Rig) -> None:
+    initial = str(rig.postfix.initial_cert_file)
+    rig.postfix.postconf("-e", f"smtpd_tls_chain_files = {initial}")
+    cool_main_cf(rig.postfix)
+    rig.postfix.reload()
+    leaf = rig.inter.issue(NAME)
+    rig.lineage(leaf)
+
+    result = rig.cli("install")
+
+    assert_ok(result)
+    assert rig.param("smtpd_tls_chain_files") == str(rig.current)
+    # The legacy parameters are ignored while chain_files is set: left as they were.
+    assert rig.param("smtpd_tls_cert_file") == initial
+    assert rig.param("smtpd_tls_key_file") == initial
+    assert_serves(rig, leaf)
+
+
+def test_dry_run_prints_the_change_and_makes_none(rig: Rig) -> None:
+    rig.lineage(rig.inter.issue(NAME))
+    main_cf = rig.main_cf()
+    served = rig.served()
+
+    result = rig.cli("install", options=("--dry-run",))
+
+    assert_ok(result)
+    assert f"postconf -e 'smtpd_tls_cert_file = {rig.current}'" in result.stdout
+    assert f"postconf -e 'smtpd_tls_key_file = {rig.current}'" in result.stdout
+    assert rig.main_cf() == main_cf
+    assert not rig.install_dir.exists()
+    assert rig.served() == served
+
+
+def test_verify_judges_without_changing_anything(rig: Rig) -> None:
+    main_cf = rig.main_cf()
+    served = rig.served()
+    leaf = rig.inter.issue(NAME)
+    rig.lineage(leaf)
+
+    good = rig.cli("verify")
+
+    assert_ok(good)
+    assert sha256(leaf) in good.stdout
+    rig.lineage(leaf, 2, files={"privkey_pem": rig.inter.issue(NAME).key_pem()})
+
+    bad = rig.cli("verify", NAME)
+
+    assert bad.returncode == EXIT_REFUSED, bad.stderr
+    assert_clean_log(bad)
+    assert "privkey.pem: key does not match" in bad.stderr
+    assert rig.main_cf() == main_cf
+    assert not rig.install_dir.exists()
+    assert rig.served() == served
+
+
+def test_status_json_agrees_after_install(deployed: Deployed) -> None:
+    rig, leaf = deployed.rig, deployed.first
+
+    result = rig.cli("status", "--json")
+
+    assert_ok(result)
+    report = json.loads(result.stdout)
+    (lineage,) = report["lineages"]
+    assert lineage["name"] == NAME and lineage["serves_postfix"]
+    assert lineage["live"]["sha256"] == sha256(leaf)
+    assert report["installed"]["sha256"] == sha256(leaf)
+    assert report["installed"]["file"] == str(rig.current)
+    assert [s["sha256"] for s in report["served"].values()] == [sha256(leaf)]
+    assert report["warnings"] == []
