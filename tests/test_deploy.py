@@ -581,6 +581,21 @@ def test_deploy_hook_skips_a_lineage_postfix_does_not_use(deployed: Deployed) ->
     assert rig.current.read_bytes() == combined(first)
 
 
+def test_deploy_hook_skips_when_no_lineage_is_for_postfix(rig: Rig) -> None:
+    # Only a website's lineage exists: certbot renewed it, Postfix keeps its own certificate.
+    rig.lineage(rig.inter.issue("www.test.example"), name="www.test.example")
+    main_cf = rig.main_cf()
+    served = rig.served()
+
+    result = rig.cli("deploy-hook", env={"RENEWED_LINEAGE": str(rig.live / "www.test.example")})
+
+    assert_ok(result)
+    assert "skipped" in result.stderr
+    assert rig.main_cf() == main_cf
+    assert rig.served() == served
+    assert not rig.install_dir.exists() or not any(rig.install_dir.iterdir())
+
+
 def test_deploy_hook_refuses_a_lineage_outside_the_live_dir(
     deployed: Deployed, tmp_path: Path
 ) -> None:
