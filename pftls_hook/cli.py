@@ -5,6 +5,8 @@ Exit codes (documented in the README):
   1 internal error (a bug)         4 deploy failed and was rolled back
   2 usage or configuration error   5 rollback failed: an admin must look now
   6 cannot proceed (unsafe install dir, lock held, Postfix command failed): nothing changed
+`status --check` alone follows the monitoring-plugins convention instead: 0 OK, 1 WARNING,
+2 CRITICAL, 3 UNKNOWN, and nothing else (a usage error or a failure of its own is UNKNOWN).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pftls_hook import status
+from pftls_hook import certbot_ops, profile, status
 from pftls_hook.config import Settings, load_settings
 from pftls_hook.deploy import Deployer
 from pftls_hook.errors import (
@@ -84,7 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("name", nargs="?", metavar="NAME")
     status = sub.add_parser("status", parents=[after], help="live, installed, served")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--check", action="store_true", help="monitoring plugin: exit 0-3")
+    status.add_argument("--warning-days", metavar="N", type=int, default=21)
+    status.add_argument("--critical-days", metavar="N", type=int, default=7)
     sub.add_parser("rollback", parents=[after], help="restore the previous version")
+    _add_setup_commands(sub, after)
     return parser
 
 
@@ -165,16 +171,98 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
     raise UsageError(f"unknown command {ns.command}")
 
 
+# ---------------------------------------------- setup commands: configure, obtain, register
+
+_SETUP_COMMANDS = ("configure", "obtain", "register", "unregister")
+# status --check follows the monitoring-plugins convention: these are its only exit codes.
+_CHECK_EXIT = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
+
+
+def _add_setup_commands(sub: Any, after: argparse.ArgumentParser) -> None:
+    configure = sub.add_parser("configure", parents=[after], help="apply the TLS profile")
+    configure.add_argument("--client-security-level", choices=profile.CLIENT_LEVELS, default="may")
+    # --ca-file is the global option (the trust anchors deploy verifies with): one bundle
+    # for both; --ca-path is configure's alternative, a hashed CA directory.
+    configure.add_argument("--ca-path", metavar="DIR")
+    obtain = sub.add_parser("obtain", parents=[after], help="certbot certonly, then deploy")
+    obtain.add_argument("-d", "--domain", metavar="NAME", action="append", required=True)
+    obtain.add_argument("-m", "--email", metavar="ADDR", required=True)
+    obtain.add_argument("--authenticator", choices=certbot_ops.AUTHENTICATORS, default="dns-ovh")
+    obtain.add_argument("--dns-ovh-credentials", metavar="FILE")
+    obtain.add_argument("--propagation-seconds", metavar="N", type=int, default=60)
+    obtain.add_argument("--server", metavar="URL")
+    obtain.add_argument("--webroot-path", metavar="DIR")
+    obtain.add_argument("--certbot-arg", metavar="ARG", action="append", default=[])
+    sub.add_parser("register", parents=[after], help="install certbot's deploy hook file")
+    sub.add_parser("unregister", parents=[after], help="remove certbot's deploy hook file")
+
+
+def _setup_command(ns: argparse.Namespace, settings: Settings) -> int:
+    if ns.command == "configure":
+        if ns.ca_path and ns.ca_file is not None:
+            raise UsageError("configure: give --ca-file or --ca-path, not both")
+        request = profile.Request(
+            ca_file=str(settings.ca_file.absolute()),
+            ca_path=str(Path(ns.ca_path).absolute()) if ns.ca_path else None,
+            client_level=ns.client_security_level,
+            replace_trust=ns.ca_file is not None or bool(ns.ca_path),
+        )
+        log.info("%s", profile.configure(settings, request))
+    elif ns.command == "obtain":
+        outcome = certbot_ops.obtain(
+            settings,
+            certbot_ops.ObtainRequest(
+                domains=tuple(ns.domain),
+                email=ns.email,
+                authenticator=ns.authenticator,
+                credentials=Path(ns.dns_ovh_credentials) if ns.dns_ovh_credentials else None,
+                propagation_seconds=ns.propagation_seconds,
+                server=ns.server,
+                webroot_path=Path(ns.webroot_path) if ns.webroot_path else None,
+                certbot_args=tuple(ns.certbot_arg),
+            ),
+        )
+        if outcome is not None:
+            log.info("%s", outcome)
+    elif ns.command == "register":
+        log.info("%s", certbot_ops.register(settings))
+    else:
+        log.info("%s", certbot_ops.unregister(settings))
+    return EXIT_OK
+
+
+def _status_check(ns: argparse.Namespace) -> int:
+    """status --check: one line on stdout, and exit 0-3 whatever happens."""
+    try:
+        report = status.collect(Deployer(_settings(ns)))
+        state, line = status.check(
+            report, warning_days=ns.warning_days, critical_days=ns.critical_days
+        )
+    except Exception as exc:  # a check that cannot look cannot tell: UNKNOWN, never a 1 or 2
+        state, line = "UNKNOWN", f"PFTLS-HOOK UNKNOWN: {exc}"
+    print(line)
+    return _CHECK_EXIT[state]
+
+
+def _is_check(argv: Sequence[str] | None) -> bool:
+    args = sys.argv[1:] if argv is None else list(argv)
+    return "status" in args and "--check" in args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         ns = parser.parse_args(argv)
     except SystemExit as exc:  # argparse has printed its one-line reason
-        return EXIT_USAGE if exc.code else EXIT_OK
+        code = EXIT_USAGE if exc.code else EXIT_OK
+        return _CHECK_EXIT["UNKNOWN"] if code and _is_check(argv) else code
     _setup_logging(ns)
     signal.signal(signal.SIGTERM, _terminate)
+    if ns.command == "status" and ns.check:
+        return _status_check(ns)
     try:
-        return _run(ns, _settings(ns))
+        command = _setup_command if ns.command in _SETUP_COMMANDS else _run
+        return command(ns, _settings(ns))
     except PftlsError as exc:
         log.error("%s", exc)
         return next((code for cls, code in _EXIT_CODES if isinstance(exc, cls)), EXIT_BUG)

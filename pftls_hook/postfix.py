@@ -1,7 +1,8 @@
 """The only place that runs `postconf` and `postfix`, for one instance (`-c DIR`).
 
 Contract: `Postfix(config_dir).state()` reads what a deploy needs in three postconf calls;
-`set`/`restore` change main.cf in one call each; `check`, `is_running`, `reload` wrap the
+`parameters(*names)` reads any other effective values (configure's TLS profile); `set`/
+`restore` change main.cf in one call each; `check`, `is_running`, `reload` wrap the
 `postfix` command. Every call goes through `runner.run` (argument list, fixed PATH, timeout)
 and a failure raises `CommandError` with Postfix's own last line.
 
@@ -55,6 +56,7 @@ class Service:
     name: str
     type: str
     command: str
+    chroot: str = "-"  # master.cf column 5: y, n, or - (the default, n since Postfix 3.0)
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ class Postfix:
         for line in self._postconf("-M").stdout.splitlines():
             fields = line.split()
             if len(fields) >= 8 and not line[:1].isspace():
-                services.append(Service(fields[0], fields[1], fields[7]))
+                services.append(Service(fields[0], fields[1], fields[7], fields[4]))
         overrides = []
         for line in self._postconf("-P").stdout.splitlines():
             key, sep, value = line.partition(" = ")
@@ -159,6 +161,10 @@ class Postfix:
             if sep and len(parts) == 3:
                 overrides.append(Override(f"{parts[0]}/{parts[1]}", parts[2], value.strip()))
         return PostfixState(effective, explicit, tuple(services), tuple(overrides))
+
+    def parameters(self, *names: str) -> dict[str, str]:
+        """Effective values (`postconf -x`: defaults included, `$name` expanded) of `names`."""
+        return _parse_assignments(self._postconf("-x", *names).stdout)
 
     def set(self, values: Mapping[str, str]) -> None:
         """All changes in one `postconf -e`: main.cf is replaced atomically, and only once."""

@@ -5,10 +5,16 @@ fixed environment, no stdin and a timeout, and returns a `Result`. It raises `Co
 only when the program cannot be started or times out; a non-zero exit is data for the caller,
 who decides whether it is an error (`Result.check`). certbot gives hooks no timeout, so a
 hung child here would hang certbot: every call is bounded.
+
+`keep_env=("NAME", ...)` passes those variables through from our own environment, and only
+those, when they are set: the one explicit exception to the fixed environment, for a child
+that needs a named setting of the caller (certbot reads `REQUESTS_CA_BUNDLE` to trust a
+private ACME server, e.g. pebble in the tests). Nothing else leaks in.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,9 +47,12 @@ class Result:
         return self
 
 
-def run(argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT) -> Result:
+def run(
+    argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT, keep_env: Sequence[str] = ()
+) -> Result:
     args = tuple(argv)
     env = {"PATH": FIXED_PATH, "LANG": "C", "LC_ALL": "C"}
+    env.update({name: os.environ[name] for name in keep_env if name in os.environ})
     try:
         proc = subprocess.run(
             args,

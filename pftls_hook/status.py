@@ -1,6 +1,7 @@
 """What is live, what is installed, what is served: a read-only report.
 
-Contract: `collect(deployer)` returns a JSON-ready dict; `render(report)` the text form.
+Contract: `collect(deployer)` returns a JSON-ready dict; `render(report)` the text form;
+`check(report)` the monitoring-plugins verdict (state and one line with perfdata).
 It changes nothing and takes no lock: an admin must be able to look while a deploy runs.
 """
 
@@ -123,3 +124,67 @@ def render(report: dict[str, Any]) -> str:
     lines.extend(report["master_cf_overrides"])
     lines.extend(f"warning: {w}" for w in report["warnings"])
     return "\n".join(lines)
+
+
+# ------------------------------------------------------- status --check (monitoring plugin)
+
+CHECK_STATES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+WARNING_DAYS, CRITICAL_DAYS = 21, 7
+# What a ProbeError says when Postfix answered but TLS is broken (probe.py's messages),
+# as opposed to Postfix not answering at all, where the check cannot tell.
+_TLS_BROKEN = ("454", "STARTTLS not offered", "STARTTLS answered", "SSLError", "no certificate")
+
+
+def check(
+    report: dict[str, Any], *, warning_days: int = WARNING_DAYS, critical_days: int = CRITICAL_DAYS
+) -> tuple[str, str]:
+    """The monitoring-plugins verdict on a `collect` report: a state from CHECK_STATES and
+    one summary line with perfdata. CRITICAL: an endpoint serves a certificate other than
+    the live one of the lineage that serves Postfix, or fails TLS, or the served certificate
+    has fewer than `critical_days` left; WARNING: fewer than `warning_days`; UNKNOWN: it
+    cannot tell (no lineage, Postfix unreachable, nothing to probe)."""
+    state, text, perf = _verdict(report, warning_days, critical_days)
+    # `|` starts the perfdata: keep it out of the text.
+    line = f"PFTLS-HOOK {state}: {text.replace('|', '/')}"
+    return state, f"{line} | {perf}" if perf else line
+
+
+def _verdict(  # noqa: PLR0911 - one return per state, in order of precedence
+    report: dict[str, Any], warn: int, crit: int
+) -> tuple[str, str, str]:
+    lineage = next((e for e in report["lineages"] if e["serves_postfix"]), None)
+    if lineage is None:
+        why = "; ".join(report["warnings"]) or "no lineage under the live dir"
+        return "UNKNOWN", f"no lineage selected for Postfix: {why}", ""
+    name = lineage["name"]
+    if "live" not in lineage:
+        return "UNKNOWN", f"{name}: {lineage.get('error', 'cannot read')}", ""
+    live = lineage["live"]
+    if not report["served"]:
+        return "UNKNOWN", f"{name}: no endpoint to probe (--no-probe or no TLS service)", ""
+    critical: list[str] = []
+    unknown: list[str] = []
+    days: list[int] = []
+    for where, seen in report["served"].items():
+        if "error" in seen:
+            broken = any(mark in seen["error"] for mark in _TLS_BROKEN)
+            (critical if broken else unknown).append(seen["error"])
+            continue
+        days.append(seen["days_left"])
+        if seen["sha256"] != live["sha256"]:
+            critical.append(
+                f"{where} serves sha256 {seen['sha256'][:16]}, not the live certificate of "
+                f"{name} (sha256 {live['sha256'][:16]})"
+            )
+    # The nagios range `N:` alerts below N, matching the states below.
+    perf = f"days_left={min(days)};{warn}:;{crit}:" if days else ""
+    if critical:
+        return "CRITICAL", "; ".join(critical), perf
+    if days and min(days) < crit:
+        return "CRITICAL", f"{name}: the served certificate expires in {min(days)} days", perf
+    if unknown:
+        return "UNKNOWN", f"cannot reach Postfix: {'; '.join(unknown)}", perf
+    served = f"Postfix serves the live certificate of {name} on {len(days)} endpoint(s)"
+    if min(days) < warn:
+        return "WARNING", f"{served}, {min(days)} days left", perf
+    return "OK", f"{served}, {min(days)} days left", perf

@@ -1,0 +1,348 @@
+"""certbot for the admin: obtain a certificate with the hook in place, register the hook.
+
+Contract:
+- `hook_argv(settings)`: the `deploy-hook` command line with the options in use, for
+  certbot to run after every issuance and renewal.
+- `obtain(settings, request)`: refuses a dns-ovh credentials file that is missing, not owned
+  by root, or open to group/others (certbot only warns) with a one-line `UsageError` saying
+  what to fix, before anything runs; then runs certbot's own CLI, `certonly ... --deploy-hook
+  <hook_argv>` with `--config-dir` = the parent of our live dir, through `runner.run` with a
+  timeout; then deploys the selected lineage through `Deployer` (usually a no-op: certbot has
+  just run the hook). No deploy lock is held while certbot runs, since the hook takes it.
+- `register(settings)` / `unregister(settings)`: the certbot-native hook, an executable
+  `<certbot config dir>/renewal-hooks/deploy/pftls-hook` (a sh script with our marker line)
+  that certbot runs after every renewal of any lineage. Written atomically, 0755, root;
+  idempotent; a file there without our marker is never replaced or removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import stat
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pftls_hook import runner
+from pftls_hook.config import DEFAULT_CONFIG, Settings, load_settings
+from pftls_hook.deploy import Deployer, Outcome
+from pftls_hook.errors import CommandError, EnvironmentRefusedError, UsageError
+
+log = logging.getLogger("pftls-hook")
+
+AUTHENTICATORS = ("dns-ovh", "standalone", "webroot")
+HOOK_FILE = "pftls-hook"
+MARKER = "# pftls-hook register: managed file, `pftls-hook unregister` removes it"
+# The caller's variables certbot may need, passed through by name: a private ACME server's
+# CA (REQUESTS_CA_BUNDLE; pebble in the tests) and an HTTP proxy. Nothing else leaks in.
+CERTBOT_ENV = ("REQUESTS_CA_BUNDLE", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy")
+# certbot gets the DNS propagation wait plus this; the ACME exchange and our hook fit in it.
+CERTBOT_TIMEOUT = 600.0
+# Settings with a command-line flag, carried into the hook when they differ from the file's.
+_FLAGS = (
+    ("live_dir", "--live-dir"),
+    ("postfix_config_dir", "--postfix-config-dir"),
+    ("install_dir", "--install-dir"),
+    ("ca_file", "--ca-file"),
+    ("lock_file", "--lock-file"),
+    ("hostnames", "--hostname"),
+    ("probes", "--probe"),
+    ("no_probe", "--no-probe"),
+    ("probe_timeout", "--probe-timeout"),
+    ("layout", "--layout"),
+    ("min_days", "--min-days"),
+)
+# Deploy settings that only the config file or the environment can give: certbot runs the
+# hook without our environment, so these must live in the file.
+_FILE_ONLY = ("lineages", "lock_timeout", "settle_timeout")
+
+
+@dataclass(frozen=True)
+class ObtainRequest:
+    domains: tuple[str, ...]
+    email: str
+    authenticator: str = "dns-ovh"
+    credentials: Path | None = None
+    propagation_seconds: int = 60
+    server: str | None = None
+    webroot_path: Path | None = None
+    certbot_args: tuple[str, ...] = ()  # passed to certbot verbatim, after ours
+
+
+# ------------------------------------------------------------------------ the hook command
+
+
+def _file_settings(settings: Settings) -> Settings:
+    """What the config file alone gives: the hook reads the same file itself."""
+    path = settings.config_file
+    if path is None or not path.exists():
+        return Settings()
+    return load_settings({"config": str(path)}, {})
+
+
+def hook_argv(settings: Settings) -> list[str]:
+    """`<python> -m pftls_hook [--config FILE] <options that differ from the file> deploy-hook`"""
+    base = _file_settings(settings)
+    argv = [sys.executable, "-m", "pftls_hook"]
+    config = settings.config_file
+    if config is not None and config != DEFAULT_CONFIG and config.exists():
+        argv += ["--config", str(config.absolute())]
+    for name, flag in _FLAGS:
+        value, default = getattr(settings, name), getattr(base, name)
+        if value == default:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag)
+        elif isinstance(value, tuple):
+            for item in value:
+                argv += [flag, str(item)]
+        elif isinstance(value, Path):
+            # certbot runs hooks from its own working directory.
+            argv += [flag, str(value.absolute())]
+        else:
+            argv += [flag, str(value)]
+    for name in _FILE_ONLY:
+        if getattr(settings, name) != getattr(base, name):
+            log.warning("%s comes from the environment: the hook will not see it", name)
+    return [*argv, "deploy-hook"]
+
+
+# ----------------------------------------------------------------------------- obtain
+
+
+def certbot_command() -> list[str]:
+    """certbot's CLI entry point in this environment, where its dns-ovh plugin is installed:
+    the console script beside our interpreter, else certbot's `main` run by it."""
+    script = Path(sys.executable).parent / "certbot"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from certbot.main import main; sys.exit(main())"]
+
+
+def check_credentials(path: Path) -> None:
+    """The OVH API keys can change any DNS record of the zone: root only."""
+    quoted = shlex.quote(str(path))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(
+            f"{path}: dns-ovh credentials file not found: create it, owned by root, mode 600"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot check dns-ovh credentials: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{path}: dns-ovh credentials must be a regular file")
+    if st.st_uid not in (0, os.geteuid()):
+        raise UsageError(
+            f"{path}: dns-ovh credentials owned by uid {st.st_uid}, not root: "
+            f"run `chown root:root {quoted}`"
+        )
+    if st.st_mode & 0o077:
+        raise UsageError(
+            f"{path}: dns-ovh credentials open to group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):o}): run `chmod 600 {quoted}`"
+        )
+
+
+def obtain_argv(settings: Settings, request: ObtainRequest) -> list[str]:
+    """The admin's certbot command, with the deploy hook and our certbot config dir."""
+    argv = [*certbot_command(), "certonly"]
+    if request.authenticator == "dns-ovh":
+        argv += [
+            "--dns-ovh",
+            "--dns-ovh-credentials", str(Path(str(request.credentials)).absolute()),
+            "--dns-ovh-propagation-seconds", str(request.propagation_seconds),
+        ]  # fmt: skip
+    elif request.authenticator == "standalone":
+        argv += ["--standalone"]
+    else:
+        argv += ["--webroot", "--webroot-path", str(Path(str(request.webroot_path)).absolute())]
+    argv += ["-n", "--agree-tos", "-m", request.email]
+    for domain in request.domains:
+        argv += ["-d", domain]
+    # The lineage must appear under our live dir: certbot's config dir is its parent.
+    argv += ["--config-dir", str(settings.certbot_config_dir.absolute())]
+    if request.server:
+        argv += ["--server", request.server]
+    # certbot stores this as renew_hook in renewal/<name>.conf: every renewal redeploys.
+    argv += ["--deploy-hook", shlex.join(hook_argv(settings))]
+    return [*argv, *request.certbot_args]
+
+
+def _validate(request: ObtainRequest) -> None:
+    if request.authenticator not in AUTHENTICATORS:
+        raise UsageError(f"--authenticator: one of {', '.join(AUTHENTICATORS)}")
+    if not request.domains or any(not d or d.startswith("-") for d in request.domains):
+        raise UsageError("obtain: give at least one --domain NAME")
+    if request.propagation_seconds < 0:
+        raise UsageError("--propagation-seconds: must be 0 or more")
+    if request.authenticator == "dns-ovh":
+        if request.credentials is None:
+            raise UsageError("obtain --authenticator dns-ovh: give --dns-ovh-credentials FILE")
+        check_credentials(request.credentials)
+    if request.authenticator == "webroot" and request.webroot_path is None:
+        raise UsageError("obtain --authenticator webroot: give --webroot-path DIR")
+
+
+def _covered(hostname: str, domains: Sequence[str]) -> bool:
+    host = hostname.lower().rstrip(".")
+    for domain in domains:
+        pattern = domain.lower().rstrip(".")
+        if pattern == host or (pattern.startswith("*.") and host.partition(".")[2] == pattern[2:]):
+            return True
+    return False
+
+
+def _certbot_failure(result: runner.Result) -> CommandError:
+    # certbot ends with boilerplate ("Ask for help ...", "Saving debug log ..."): show the
+    # lines that say what went wrong.
+    noise = ("Saving debug log", "Ask for help", "See the logfile", "An unexpected error")
+    lines = [
+        line.strip()
+        for line in (result.stderr or result.stdout).splitlines()
+        if line.strip() and not line.strip().startswith(noise)
+    ]
+    detail = " / ".join(lines[-2:]) or "no output"
+    return CommandError(f"certbot certonly exited {result.returncode}: {detail}")
+
+
+def obtain(
+    settings: Settings, request: ObtainRequest, *, echo: Callable[[str], None] = print
+) -> Outcome | None:
+    """Run certbot, then deploy. None on a dry run."""
+    _validate(request)  # before anything runs, Postfix and certbot included
+    deployer = Deployer(settings)
+    hostnames = settings.hostnames or (deployer.postfix.state().myhostname,)
+    missing = [h for h in hostnames if not _covered(h, request.domains)]
+    if missing:
+        # Postfix would never be given this certificate: the hook deploys only a lineage
+        # that covers the required names.
+        raise UsageError(
+            f"the certificate would not cover {', '.join(missing)}, the name Postfix must "
+            f"serve (myhostname, or --hostname): add --domain {missing[0]}"
+        )
+    argv = obtain_argv(settings, request)
+    if settings.dry_run:
+        echo(f"would run {shlex.join(argv)}")
+        echo(f"then deploy the lineage covering {', '.join(hostnames)}")
+        return None
+    log.info("running certbot certonly for %s", ", ".join(request.domains))
+    result = runner.run(
+        argv, timeout=request.propagation_seconds + CERTBOT_TIMEOUT, keep_env=CERTBOT_ENV
+    )
+    for line in (result.stdout + result.stderr).splitlines():
+        log.debug("certbot: %s", line)
+    if not result.ok:
+        raise _certbot_failure(result)
+    return deployer.deploy(deployer.choose(hostnames))
+
+
+# --------------------------------------------------------------------- register / unregister
+
+
+def hook_path(settings: Settings) -> Path:
+    return settings.certbot_config_dir / "renewal-hooks" / "deploy" / HOOK_FILE
+
+
+def hook_script(settings: Settings) -> bytes:
+    return (
+        "#!/bin/sh\n"
+        f"{MARKER}\n"
+        "# certbot runs this after each renewal: deploy the certificate to Postfix.\n"
+        f"exec {shlex.join(hook_argv(settings))}\n"
+    ).encode()
+
+
+def _read_ours(path: Path) -> bytes | None:
+    """The current hook file if it is ours; None if there is none; refuse anything else."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise EnvironmentRefusedError(f"{path}: not a regular file: left alone")
+    data = path.read_bytes()
+    if MARKER.encode() not in data:
+        raise EnvironmentRefusedError(
+            f"{path}: exists and was not written by pftls-hook: left alone (move it away first)"
+        )
+    return data
+
+
+def _hooks_dir(settings: Settings) -> Path:
+    """renewal-hooks/deploy/, created 0755 as certbot makes it; refused if others could
+    write in it (certbot runs, as root, whatever is executable there)."""
+    config_dir = settings.certbot_config_dir
+    if not config_dir.is_dir():
+        raise EnvironmentRefusedError(f"{config_dir}: no certbot config dir (see --live-dir)")
+    directory = hook_path(settings).parent
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise EnvironmentRefusedError(f"{directory}: not a directory")
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise EnvironmentRefusedError(f"{directory}: writable by others than root")
+    return directory
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def register(settings: Settings, *, echo: Callable[[str], None] = print) -> str:
+    path = hook_path(settings)
+    script = hook_script(settings)
+    current = _read_ours(path)
+    if current == script:
+        st = os.stat(path)
+        if stat.S_IMODE(st.st_mode) == 0o755 and st.st_uid in (0, os.geteuid()):
+            return f"{path}: already registered"
+    if settings.dry_run:
+        echo(f"would write {path} (0755):")
+        echo(script.decode().rstrip("\n"))
+        return "dry run: nothing changed"
+    directory = _hooks_dir(settings)
+    # A name ending in "~": certbot skips such files, so it never runs a half-written hook.
+    fd, temp = tempfile.mkstemp(prefix=f".{HOOK_FILE}.", suffix="~", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(script)
+            out.flush()
+            os.fchmod(out.fileno(), 0o755)
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(directory)
+    return f"{path}: registered"
+
+
+def unregister(settings: Settings, *, echo: Callable[[str], None] = print) -> str:
+    path = hook_path(settings)
+    if _read_ours(path) is None:
+        return f"{path}: not registered, nothing to do"
+    if settings.dry_run:
+        echo(f"would remove {path}")
+        return "dry run: nothing changed"
+    path.unlink()
+    _fsync_dir(path.parent)
+    return f"{path}: removed"
+
+
+__all__ = [
+    "ObtainRequest",
+    "check_credentials",
+    "hook_argv",
+    "obtain",
+    "register",
+    "unregister",
+]

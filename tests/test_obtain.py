@@ -1,0 +1,260 @@
+"""`pftls-hook obtain`, `register`, `unregister`: certbot run for the admin, with the deploy
+hook in place so that every renewal reaches Postfix.
+
+The slow test runs real certbot against pebble (`--authenticator standalone`: no DNS here)
+and a real private Postfix, then renews with certbot itself. The dns-ovh refusals check the
+credentials file before anything runs; the installed certbot must list the dns-ovh plugin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from pftls_hook.certbot_ops import certbot_command
+from tests.conftest import MakePostfix
+from tests.support.certbot import CERTBOT, Certbot
+from tests.support.net import LOOPBACK
+from tests.support.pebble import Pebble
+from tests.support.postfix import PostfixInstance, served_sha256
+from tests.support.tool import NAME, Tool, assert_exit
+
+EXIT_OK, EXIT_USAGE, EXIT_CANNOT = 0, 2, 6
+NOBODY = 65534
+HOOK_MARKER = "# pftls-hook register"
+
+
+def leaf_sha256(lineage: Path) -> str:
+    cert = x509.load_pem_x509_certificate((lineage / "cert.pem").read_bytes())
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def hook_file(tool: Tool) -> Path:
+    return tool.config_dir / "renewal-hooks" / "deploy" / "pftls-hook"
+
+
+# ------------------------------------------------------------- dns-ovh credentials refusals
+
+
+@pytest.fixture
+def offline_tool(make_postfix: MakePostfix, tmp_path: Path) -> Tool:
+    """A tool whose certbot would write under tmp_path/certbot-*: proof that it never ran."""
+    return Tool(postfix=make_postfix(start=False), base=tmp_path, ca_file=None)
+
+
+def obtain_dns_ovh(tool: Tool, credentials: Path) -> subprocess.CompletedProcess[str]:
+    return tool.run(
+        "obtain", "--domain", NAME, "--email", "admin@test.example",
+        "--dns-ovh-credentials", str(credentials), "--propagation-seconds", "1",
+        f"--certbot-arg=--work-dir={tool.base / 'certbot-work'}",
+        f"--certbot-arg=--logs-dir={tool.base / 'certbot-logs'}",
+    )  # fmt: skip
+
+
+def assert_certbot_never_ran(tool: Tool) -> None:
+    for path in (tool.config_dir, tool.base / "certbot-work", tool.base / "certbot-logs"):
+        assert not path.exists(), f"{path} exists: certbot ran"
+
+
+def credentials(tmp_path: Path, mode: int = 0o600, owner: int = 0) -> Path:
+    path = tmp_path / "ovh.ini"
+    path.write_text(
+        "dns_ovh_endpoint = ovh-eu\ndns_ovh_application_key = k\n"
+        "dns_ovh_application_secret = s\ndns_ovh_consumer_key = c\n"
+    )
+    path.chmod(mode)
+    os.chown(path, owner, owner)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "fix"),
+    [
+        (lambda tmp: tmp / "missing.ini", "not found"),
+        (lambda tmp: credentials(tmp, mode=0o640), "chmod 600"),
+        (lambda tmp: credentials(tmp, mode=0o604), "chmod 600"),
+        (lambda tmp: credentials(tmp, owner=NOBODY), "chown root:root"),
+    ],
+    ids=["missing", "group-readable", "other-readable", "owned-by-nobody"],
+)
+def test_obtain_refuses_unsafe_dns_ovh_credentials_before_running_anything(
+    offline_tool: Tool, tmp_path: Path, make: Callable[[Path], Path], fix: str
+) -> None:
+    path = make(tmp_path)
+    result = obtain_dns_ovh(offline_tool, path)
+    assert_exit(result, EXIT_USAGE)
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert str(path) in result.stderr
+    assert fix in result.stderr
+    assert_certbot_never_ran(offline_tool)
+
+
+def test_installed_certbot_lists_the_dns_ovh_plugin(tmp_path: Path) -> None:
+    # The certbot that obtain runs, isolated from the machine's own dirs.
+    argv = [
+        *certbot_command(), "plugins",
+        "--config-dir", str(tmp_path / "config"),
+        "--work-dir", str(tmp_path / "work"),
+        "--logs-dir", str(tmp_path / "logs"),
+    ]  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "* dns-ovh" in result.stdout, result.stdout
+    assert certbot_command() == [str(CERTBOT)]
+
+
+def test_obtain_dry_run_shows_the_admins_command_with_the_hook(offline_tool: Tool) -> None:
+    creds = credentials(offline_tool.base)
+    result = offline_tool.run(
+        "--dry-run", "--hostname", NAME, "obtain", "-d", NAME, "-m", "admin@test.example",
+        "--dns-ovh-credentials", str(creds),
+    )  # fmt: skip
+    assert_exit(result, EXIT_OK)
+    argv = shlex.split(result.stdout.splitlines()[0].removeprefix("would run "))
+    assert argv[:2] == [str(CERTBOT), "certonly"]
+    expected = ["--dns-ovh", "--dns-ovh-credentials", str(creds),
+                "--dns-ovh-propagation-seconds", "60", "-n", "--agree-tos",
+                "-m", "admin@test.example", "-d", NAME,
+                "--config-dir", str(offline_tool.config_dir)]  # fmt: skip
+    assert argv[2 : 2 + len(expected)] == expected
+    hook = shlex.split(argv[argv.index("--deploy-hook") + 1])
+    assert hook[:3] == [sys.executable, "-m", "pftls_hook"]
+    assert hook[-1] == "deploy-hook"
+    for option in ("--live-dir", "--postfix-config-dir", "--install-dir", "--lock-file"):
+        assert option in hook
+    assert hook[hook.index("--hostname") + 1] == NAME
+    assert_certbot_never_ran(offline_tool)
+
+
+# --------------------------------------------------------------------- register / unregister
+
+
+def test_register_writes_one_root_executable_and_unregister_removes_only_ours(
+    offline_tool: Tool,
+) -> None:
+    tool = offline_tool
+    tool.config_dir.mkdir()
+    path = hook_file(tool)
+
+    assert_exit(tool.run("register"), EXIT_OK)
+    st = os.lstat(path)
+    assert stat.S_ISREG(st.st_mode)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755)
+    text = path.read_text()
+    assert text.startswith("#!/bin/sh\n")
+    assert HOOK_MARKER in text
+    exec_line = text.splitlines()[-1]
+    command = shlex.split(exec_line)
+    assert command[:4] == ["exec", sys.executable, "-m", "pftls_hook"]
+    assert command[-1] == "deploy-hook"
+    assert command[command.index("--live-dir") + 1] == str(tool.live_dir)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["pftls-hook"]  # no temp left
+
+    before = (path.read_bytes(), st.st_mtime_ns, st.st_ino)
+    again = tool.run("register")
+    assert_exit(again, EXIT_OK)
+    assert "already registered" in again.stderr
+    after = os.lstat(path)
+    assert (path.read_bytes(), after.st_mtime_ns, after.st_ino) == before
+
+    assert_exit(tool.run("unregister"), EXIT_OK)
+    assert not path.exists()
+    assert "nothing to do" in tool.run("unregister").stderr
+
+    # The admin's own hook at that path is neither replaced nor removed.
+    path.write_text("#!/bin/sh\necho the admin's own hook\n")
+    for command_name in ("register", "unregister"):
+        result = tool.run(command_name)
+        assert_exit(result, EXIT_CANNOT)
+        assert "not written by pftls-hook" in result.stderr
+    assert path.read_text() == "#!/bin/sh\necho the admin's own hook\n"
+
+
+def test_the_hook_carries_the_config_file_and_only_the_options_that_differ_from_it(
+    tmp_path: Path, make_postfix: MakePostfix
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'install-dir = "{tmp_path / "from-file"}"\nmin-days = 7\n')
+    config.chmod(0o600)
+    tool = Tool(postfix=make_postfix(start=False), base=tmp_path, ca_file=None)
+    tool.config_dir.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "pftls_hook", "--config", str(config),
+         "--live-dir", str(tool.live_dir), "--hostname", NAME, "register", "--dry-run"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PFTLS_HOOK_")},
+    )  # fmt: skip
+    assert_exit(result, EXIT_OK)
+    exec_line = next(line for line in result.stdout.splitlines() if line.startswith("exec "))
+    hook = shlex.split(exec_line)[1:]
+    assert hook == [
+        sys.executable, "-m", "pftls_hook", "--config", str(config),
+        "--live-dir", str(tool.live_dir), "--hostname", NAME, "deploy-hook",
+    ]  # fmt: skip
+    assert not hook_file(tool).exists()  # a dry run
+
+
+# ------------------------------------------------------ end to end: pebble, certbot, Postfix
+
+
+@pytest.mark.slow
+def test_obtain_deploys_and_certbot_renew_redeploys_through_the_registered_hooks(
+    tmp_path: Path, pebble: Pebble, certbot: Certbot, postfix: PostfixInstance
+) -> None:
+    # certbot's config dir is the test certbot's: `certbot renew` below sees the lineage.
+    tool = Tool(
+        postfix=postfix,
+        base=tmp_path,
+        ca_file=pebble.root_file(),
+        certbot_config_dir=certbot.config_dir,
+    )
+    live = certbot.live_dir
+    result = tool.run(
+        "obtain", "--domain", NAME, "--email", "admin@test.example",
+        "--authenticator", "standalone", "--server", pebble.directory_url,
+        f"--certbot-arg=--http-01-port={pebble.http01_port}",
+        f"--certbot-arg=--http-01-address={LOOPBACK}",
+        f"--certbot-arg=--work-dir={certbot.work_dir}",
+        f"--certbot-arg=--logs-dir={certbot.logs_dir}",
+        env={"REQUESTS_CA_BUNDLE": str(pebble.tls_ca_file)},
+    )  # fmt: skip
+    assert_exit(result, EXIT_OK)
+    lineage = live / NAME
+    first = leaf_sha256(lineage)
+    assert served_sha256(LOOPBACK, postfix.port) == first
+
+    # The hook certbot keeps for this lineage: renew_hook in renewal/<name>.conf.
+    conf = (certbot.config_dir / "renewal" / f"{NAME}.conf").read_text()
+    renew_hook = next(line for line in conf.splitlines() if line.startswith("renew_hook = "))
+    hook = shlex.split(renew_hook.removeprefix("renew_hook = "))
+    assert hook[:3] == [sys.executable, "-m", "pftls_hook"]
+    assert hook[hook.index("--live-dir") + 1] == str(live)
+    assert hook[-1] == "deploy-hook"
+
+    # And the certbot-native one, for every lineage.
+    assert_exit(tool.run("register"), EXIT_OK)
+    registered = certbot.config_dir / "renewal-hooks" / "deploy" / "pftls-hook"
+    assert os.access(registered, os.X_OK)
+
+    certbot.renew(force=True, cert_name=NAME)
+    renewed = leaf_sha256(lineage)
+    assert renewed != first
+    # Both hooks ran inside certbot, one after the other; the first deployed, the second
+    # found it already served. Either way Postfix serves the renewal when certbot returns.
+    assert served_sha256(LOOPBACK, postfix.port) == renewed
+    certbot_log = (certbot.logs_dir / "letsencrypt.log").read_text()
+    assert f"Running deploy-hook command: {registered}" in certbot_log
+    assert "Running deploy-hook command: " + renew_hook.removeprefix("renew_hook = ") in (
+        certbot_log
+    )
