@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pftls_hook import certbot_ops, profile, status
+from pftls_hook import certbot_ops, profile, status, watchstate
 from pftls_hook.config import Settings, load_settings
 from pftls_hook.deploy import Deployer
 from pftls_hook.errors import (
@@ -63,6 +63,8 @@ def _common(default: Any) -> argparse.ArgumentParser:
     p.add_argument("--probe-timeout", metavar="SECONDS", default=default)
     p.add_argument("--layout", choices=("combined", "separate"), default=default)
     p.add_argument("--min-days", metavar="N", default=default)
+    p.add_argument("--debounce", metavar="SECONDS", default=default)
+    p.add_argument("--reconcile-interval", metavar="SECONDS", default=default)
     p.add_argument("--dry-run", action="store_const", const=True, default=default)
     p.add_argument("-v", "--verbose", action="count", default=default)
     p.add_argument("-q", "--quiet", action="store_const", const=True, default=default)
@@ -91,12 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--critical-days", metavar="N", type=int, default=7)
     sub.add_parser("rollback", parents=[after], help="restore the previous version")
     _add_setup_commands(sub, after)
+    sub.add_parser(
+        "watch", parents=[after], help="daemon (systemd): deploy every change certbot makes"
+    )
     return parser
 
 
 _FLAG_KEYS = (
     "config", "live_dir", "postfix_config_dir", "install_dir", "ca_file", "lock_file",
     "hostname", "probe", "no_probe", "probe_timeout", "layout", "min_days", "dry_run",
+    "debounce", "reconcile_interval",
 )  # fmt: skip
 
 
@@ -144,6 +150,12 @@ def _deploy_hook(settings: Settings) -> int:
 def _run(ns: argparse.Namespace, settings: Settings) -> int:
     if ns.command == "deploy-hook":
         return _deploy_hook(settings)
+    if ns.command == "watch":
+        # Imported here: only the daemon needs watchdog; the deploy hook starts lean.
+        from pftls_hook import watch  # noqa: PLC0415
+
+        watch.run(settings, reload_settings=lambda: _settings(ns))
+        return EXIT_OK
     deployer = Deployer(settings)
     if ns.command == "install":
         if ns.name:
@@ -163,7 +175,9 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     if ns.command == "status":
         report = status.collect(deployer)
-        print(json.dumps(report, indent=2) if ns.json else status.render(report))
+        report["watch"] = watchstate.read(watchstate.state_file(settings))
+        text = "\n".join([status.render(report), *watchstate.render(report["watch"])])
+        print(json.dumps(report, indent=2) if ns.json else text)
         return EXIT_OK
     if ns.command == "rollback":
         log.info("%s", deployer.rollback())
