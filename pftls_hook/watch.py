@@ -449,9 +449,7 @@ class Daemon:
             self._done(outcome)
 
     def _done(self, outcome: Outcome) -> None:
-        self._serving = outcome.lineage
-        if outcome.action != "unchanged":
-            log.info("%s", outcome)
+        self._serving = outcome.lineage  # deploy() has logged what it did
         self._state["last_outcome"] = {
             "lineage": outcome.lineage,
             "action": outcome.action,
