@@ -139,11 +139,17 @@ def _deploy_hook(settings: Settings) -> int:
         raise RefusedError(lineage, f"RENEWED_LINEAGE is not a lineage under {settings.live_dir}")
     deployer = Deployer(settings)
     hostnames = settings.hostnames or (deployer.postfix.state().myhostname,)
-    chosen = deployer.choose(hostnames)
+    try:
+        chosen = deployer.choose(hostnames)
+    except RefusedError as exc:
+        # No lineage qualifies for Postfix (say only a website's was renewed): certbot's
+        # renewal is fine, and Postfix's certificate must stay as it is.
+        log.info("%s renewed, not selected for Postfix (%s): skipped", path.name, exc.reason)
+        return EXIT_OK
     if path.name != chosen:
         log.info("%s renewed, but Postfix uses %s: skipped", path.name, chosen)
         return EXIT_OK
-    log.info("%s", deployer.deploy(chosen))
+    deployer.deploy(chosen)
     return EXIT_OK
 
 
@@ -162,7 +168,7 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
             name = ns.name
         else:
             name = deployer.choose(settings.hostnames or (deployer.postfix.state().myhostname,))
-        log.info("%s", deployer.deploy(name))
+        deployer.deploy(name)
         return EXIT_OK
     if ns.command == "verify":
         ctx = deployer.context()
