@@ -10,7 +10,12 @@ certificate with an old key. Settled means no `previous_*.pem` and all four link
 same version N; the links are read again after the files, and the read is retried if they
 moved (a seqlock). Links are resolved and must stay inside the certbot config dir (the
 parent of the live dir); files are opened without following links and without blocking,
-so a FIFO or device cannot hang certbot, which gives its hooks no timeout.
+so a FIFO or device cannot hang certbot, which gives its hooks no timeout. Whoever can
+write a directory on the way (config dir, live/, archive/, the lineage's own) could swap
+the key: each must be root's and not writable by group or others, as certbot makes them.
+
+`renewed_lineage(RENEWED_LINEAGE, live_dir)` is the deploy hook's door: the name of a
+lineage directly under the live dir, or a refusal.
 """
 
 from __future__ import annotations
@@ -53,11 +58,29 @@ def list_lineages(live_root: Path) -> list[str]:
     return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False) and valid_name(e.name))
 
 
+def renewed_lineage(value: str, live_dir: Path) -> str:
+    """The lineage named by certbot's RENEWED_LINEAGE: `<live dir>/<name>`, absolute, with
+    no `..` and no link leading out of the live dir. Shown with repr(): an odd name must not
+    break the one-line log."""
+    path = Path(value)
+    if not path.is_absolute():
+        raise RefusedError(repr(value), "RENEWED_LINEAGE must be an absolute path")
+    if ".." in path.parts or not valid_name(path.name):
+        raise RefusedError(repr(value), "RENEWED_LINEAGE does not end in a lineage name")
+    if Path(os.path.realpath(path.parent)) != Path(os.path.realpath(live_dir)):
+        raise RefusedError(repr(value), f"RENEWED_LINEAGE is not a lineage under {live_dir}")
+    _require_lineage_dir(path, Path(os.path.realpath(live_dir.parent)))
+    return path.name
+
+
 def read_lineage(lineage_dir: Path, *, settle_timeout: float = 5.0) -> LineageSnapshot:
     name = lineage_dir.name
     if not valid_name(name):
         raise RefusedError(repr(name), "not a certbot lineage name")
+    if ".." in lineage_dir.parts:
+        raise RefusedError(repr(str(lineage_dir)), "a lineage path must not climb with `..`")
     config_root = Path(os.path.realpath(lineage_dir.parent.parent))
+    _require_lineage_dir(lineage_dir, config_root)
     deadline = time.monotonic() + settle_timeout
     while True:
         try:
@@ -71,6 +94,9 @@ def read_lineage(lineage_dir: Path, *, settle_timeout: float = 5.0) -> LineageSn
 def _read_once(lineage_dir: Path, config_root: Path) -> LineageSnapshot:
     _require_no_previous(lineage_dir)
     targets = {kind: _resolve(lineage_dir, kind, config_root) for kind in KINDS}
+    if len({path.parent for path, _ in targets.values()}) != 1:
+        # certbot links all four into archive/<name>/: never a mix, not even mid-renewal.
+        raise RefusedError(lineage_dir.name, "links lead into different archive directories")
     versions = {version for _, version in targets.values()}
     if len(versions) != 1:
         shown = " ".join(f"{kind}={version}" for kind, (_, version) in targets.items())
@@ -90,6 +116,31 @@ def _read_once(lineage_dir: Path, config_root: Path) -> LineageSnapshot:
             privkey=data["privkey"],
         ),
     )
+
+
+def _require_safe_dir(directory: Path) -> None:
+    try:
+        st = os.lstat(directory)
+    except OSError as exc:
+        raise RefusedError(str(directory), f"cannot be checked: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise RefusedError(str(directory), "is not a directory")
+    if st.st_uid not in (0, os.geteuid()):
+        raise RefusedError(str(directory), f"is owned by uid {st.st_uid}, not root")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise RefusedError(str(directory), "is writable by group or others")
+
+
+def _require_lineage_dir(lineage_dir: Path, config_root: Path) -> None:
+    """live/<name> is a real directory (not a link elsewhere) under safe directories."""
+    try:
+        st = os.lstat(lineage_dir)
+    except FileNotFoundError:
+        raise RefusedError(str(lineage_dir), "no such lineage") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise RefusedError(str(lineage_dir), "is a symlink; certbot's lineages are directories")
+    for directory in (lineage_dir, Path(os.path.realpath(lineage_dir.parent)), config_root):
+        _require_safe_dir(directory)
 
 
 def _require_no_previous(lineage_dir: Path) -> None:
@@ -121,6 +172,10 @@ def _resolve(lineage_dir: Path, kind: str, config_root: Path) -> tuple[Path, int
     match = _ARCHIVE_NAME.match(real.name)
     if match is None or match.group(1) != kind:
         raise RefusedError(file, f"link does not point at an archive {kind}N.pem file")
+    for directory in real.parents:
+        if not directory.is_relative_to(config_root):
+            break
+        _require_safe_dir(directory)
     return real, int(match.group(2))
 
 

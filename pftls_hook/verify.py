@@ -37,6 +37,8 @@ _BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 _CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
 _CERT_END = b"-----END CERTIFICATE-----"
 _CERT_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+# A whole PEM block, its END line naming the same label as its BEGIN line (RFC 7468).
+_ANY_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.S)
 _SERVER_KEY_TYPES = (
     rsa.RSAPrivateKey,
     ec.EllipticCurvePrivateKey,
@@ -120,8 +122,40 @@ def _not_pem(data: bytes) -> str:
     if not data.strip():
         return "empty file, not PEM"
     if data[:1] == b"\x30":
-        return "not PEM: binary DER data (convert with `openssl x509 -inform DER`)"
+        return "not PEM: binary DER (or PKCS#12) data; convert it with openssl to PEM"
     return "not PEM: no -----BEGIN line"
+
+
+def _require_only_pem(data: bytes, file: str) -> None:
+    """Nothing but PEM blocks and whitespace (CRLF line ends included, as RFC 7468 allows).
+
+    The bytes checked are the bytes installed: a stray line before, between or after the
+    blocks would be copied into the file Postfix reads, and OpenSSL's PEM reader is more
+    lenient than ours about what it skips.
+    """
+    if not data.isascii():
+        raise RefusedError(file, "holds non-ASCII bytes; PEM is ASCII text")
+    stray = _ANY_BLOCK.sub(b"", data).strip()
+    if stray.startswith(b"-----BEGIN "):
+        raise RefusedError(file, "truncated: a PEM block has no matching END line")
+    if stray:
+        shown = stray.splitlines()[0][:24].decode()
+        raise RefusedError(file, f"holds text outside its PEM blocks ({shown!r}...)")
+
+
+def _readable(cert: x509.Certificate, file: str, position: int) -> x509.Certificate:
+    """A certificate whose extensions and public key cryptography can read: both are parsed
+    lazily, and a duplicated extension or an unknown key algorithm raises only on access."""
+    which = f"certificate {position}"
+    try:
+        cert.extensions  # noqa: B018 - parsed here so that a bad extension is a refusal
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        raise RefusedError(file, f"{which} has malformed extensions: {exc}") from None
+    try:
+        cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise RefusedError(file, f"{which} has an unsupported public key: {exc}") from None
+    return cert
 
 
 def parse_certificates(data: bytes, file: str) -> list[x509.Certificate]:
@@ -135,14 +169,19 @@ def parse_certificates(data: bytes, file: str) -> list[x509.Certificate]:
     if begins == 0:
         raise RefusedError(file, "not PEM: no CERTIFICATE block")
     if ends < begins:
-        raise RefusedError(file, f"truncated: {begins} certificates begin but {ends} end")
+        raise RefusedError(file, f"truncated: {begins - ends} of {begins} certificates never end")
+    _require_only_pem(data, file)
+    kinds = {kind for kind in _BEGIN.findall(data) if kind != b"CERTIFICATE"}
+    if kinds:
+        found = ", ".join(sorted(k.decode() for k in kinds))
+        raise RefusedError(file, f"holds PEM blocks other than CERTIFICATE: {found}")
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:
         raise RefusedError(file, "damaged: a CERTIFICATE block does not parse") from None
     if len(certs) != begins:
         raise RefusedError(file, f"truncated or damaged: {begins} blocks, {len(certs)} parse")
-    return certs
+    return [_readable(cert, file, i) for i, cert in enumerate(certs, start=1)]
 
 
 def parse_private_key(data: bytes, file: str) -> PrivateKeyTypes:
@@ -156,6 +195,7 @@ def parse_private_key(data: bytes, file: str) -> PrivateKeyTypes:
     if len(keys) != 1 or len(kinds) != 1:
         found = ", ".join(k.decode() for k in kinds)
         raise RefusedError(file, f"must hold exactly one private key, found: {found}")
+    _require_only_pem(data, file)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
@@ -210,6 +250,30 @@ def covers(leaf: x509.Certificate, hostname: str) -> bool:
     return False
 
 
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _check_chain(leaf: x509.Certificate, chain: Sequence[x509.Certificate]) -> None:
+    """The leaf is a server's certificate, and each certificate of chain.pem is a CA that
+    issued the one before it, as certbot writes it: TLS 1.2 (RFC 5246 7.4.2) requires that
+    order, and Postfix sends the file as it is."""
+    if _is_ca(leaf):
+        raise RefusedError("cert.pem", "is a CA certificate (basicConstraints CA:TRUE)")
+    for position, (lower, upper) in enumerate(zip([leaf, *chain], chain, strict=False), 1):
+        if not _is_ca(upper):
+            raise RefusedError("chain.pem", f"certificate {position} is not a CA certificate")
+        if lower.issuer != upper.subject:
+            raise RefusedError(
+                "chain.pem",
+                f"certificate {position} did not issue the one before it "
+                "(wrong order, or a stray certificate)",
+            )
+
+
 def _check_leaf_eku(leaf: x509.Certificate) -> None:
     try:
         eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -227,7 +291,12 @@ def _verify_path(
     now: datetime,
 ) -> None:
     # A fresh verifier per check: its validation time is fixed when it is built.
-    verifier = PolicyBuilder().store(store).time(now).build_server_verifier(subject)
+    try:
+        verifier = PolicyBuilder().store(store).time(now).build_server_verifier(subject)
+    except ValueError:
+        raise RefusedError(
+            "cert.pem", f"subjectAltName {subject.value!s} is not a valid host name"
+        ) from None
     verifier.verify(leaf, intermediates)
 
 
@@ -255,6 +324,7 @@ def verify_bundle(
             f"is not cert.pem followed by chain.pem ({len(fullchain)} certificates, "
             f"expected {1 + len(chain)} in that order)",
         )
+    _check_chain(leaf, chain)
 
     not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
     if now < not_before:
@@ -295,6 +365,8 @@ def verify_bundle(
 
 def _path_refusal(message: str) -> RefusedError:
     """Name the file an admin must look at for a path-building failure."""
+    # cryptography appends the whole certificate's repr: the reason is enough.
+    message = message.partition(" (encountered processing")[0]
     lowered = message.lower()
     if "eku" in lowered:
         return RefusedError("chain.pem", "an intermediate's extended key usage lacks serverAuth")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pftls_hook.errors import NotSettledError, RefusedError
-from pftls_hook.lineage import LineageSnapshot, list_lineages, read_lineage
+from pftls_hook.lineage import LineageSnapshot, list_lineages, read_lineage, renewed_lineage
 from tests.support import lineage as fake
 from tests.support.pki import CA, Leaf
 
@@ -265,3 +265,63 @@ def test_damaged_archive_bytes_are_read_as_they_are(settled: Path, config: Path)
     fake.replace_archive_file(config, NAME, "fullchain", 1, b"not a certificate\n")
     snapshot = read_lineage(settled)
     assert snapshot.files.fullchain == b"not a certificate\n"
+
+
+def test_links_into_two_archive_dirs_are_refused(
+    settled: Path, config: Path, leaves: tuple[Leaf, Leaf]
+) -> None:
+    # Found by fuzzing: each link on version 1, but fullchain from another lineage.
+    fake.new_lineage(
+        config,
+        "other.example.com",
+        cert_pem=leaves[1].cert_pem,
+        chain_pem=leaves[1].chain_pem,
+        privkey_pem=leaves[1].key_pem(),
+    )
+    fake.set_link(config, NAME, "fullchain", "../../archive/other.example.com/fullchain1.pem")
+    assert "different archive directories" in read_refused(settled).reason
+
+
+@pytest.mark.parametrize("where", ["archive", "live", "config"])
+def test_a_directory_writable_by_others_is_refused(settled: Path, config: Path, where: str) -> None:
+    # Whoever can write a directory on the way could swap the key.
+    directory = {
+        "archive": fake.archive_dir(config, NAME),
+        "live": config / "live",
+        "config": config,
+    }[where]
+    directory.chmod(0o777)
+    error = read_refused(settled)
+    assert (error.file, error.reason) == (str(directory), "is writable by group or others")
+
+
+def test_a_symlinked_lineage_dir_is_refused(settled: Path, config: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(config, elsewhere, symlinks=True)
+    shutil.rmtree(settled)
+    settled.symlink_to(fake.live_dir(elsewhere, NAME))
+    assert "symlink" in read_refused(settled).reason
+
+
+def test_a_missing_lineage_is_refused_at_once(config: Path, settled: Path) -> None:
+    assert "no such lineage" in read_refused(config / "live" / "nosuch.example.com").reason
+
+
+def test_a_path_climbing_with_dotdot_is_refused(settled: Path, config: Path) -> None:
+    assert "`..`" in read_refused(config / "live" / ".." / "live" / NAME).reason
+
+
+def test_renewed_lineage_names_the_lineage_under_the_live_dir(settled: Path, config: Path) -> None:
+    live = config / "live"
+    assert renewed_lineage(str(settled), live) == NAME
+    for value in (
+        f"live/{NAME}",
+        f"{live}/../live/{NAME}",
+        str(live),
+        f"{live}/..",
+        f"{settled}/cert.pem",
+        f"{live}/bad\nname",
+    ):
+        with pytest.raises(RefusedError) as caught:
+            renewed_lineage(value, live)
+        assert caught.value.file == repr(value)

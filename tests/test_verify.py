@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from pftls_hook.errors import PftlsError, RefusedError
 from pftls_hook.verify import SourceFiles, VerifiedBundle, load_anchors, verify_bundle
+from tests.support import tamper
 from tests.support.pki import CA, CLIENT_AUTH, KeyKind, Leaf, certs_pem
 
 # One fixed instant for the whole module: validity is checked against `now`, never the clock.
@@ -311,6 +312,97 @@ def test_wildcard_covers_exactly_one_label(inter: CA, root: CA, host: str) -> No
     assert_refused(
         source_files(leaf), root, file="cert.pem", keyword="does not cover", hostnames=(host,)
     )
+
+
+# ---------------------------------------------------------------- only PEM, as installed
+
+
+def crlf(pem: bytes) -> bytes:
+    return pem.replace(b"\n", b"\r\n")
+
+
+def test_crlf_line_ends_pass_and_are_installed_as_read(leaf: Leaf, root: CA) -> None:
+    # RFC 7468 allows CRLF; OpenSSL (and so Postfix) reads it.
+    files = SourceFiles(
+        cert=crlf(leaf.cert_pem),
+        chain=crlf(leaf.chain_pem),
+        fullchain=crlf(leaf.fullchain_pem),
+        privkey=crlf(leaf.key_pem()),
+    )
+    assert verify(files, root).combined_pem() == files.privkey + files.fullchain
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra"),
+    [
+        ("cert", b"garbage\n"),
+        ("chain", b"Bag Attributes\n"),
+        ("privkey", b"# trailing comment\n"),
+        ("fullchain", b"\x00\x00"),
+    ],
+)
+def test_text_outside_the_pem_blocks_is_refused(
+    leaf: Leaf, root: CA, kind: str, extra: bytes
+) -> None:
+    # Whatever passes is installed byte for byte: nothing but PEM blocks may pass.
+    files = source_files(leaf)
+    files = replace(files, **{kind: getattr(files, kind) + extra})
+    assert_refused(files, root, file=f"{kind}.pem", keyword="outside its PEM blocks")
+
+
+def test_non_ascii_bytes_are_refused(leaf: Leaf, root: CA) -> None:
+    files = replace(source_files(leaf), cert=b"# \xff\xfe\n" + leaf.cert_pem)
+    assert_refused(files, root, file="cert.pem", keyword="non-ASCII")
+
+
+def test_another_pem_block_in_a_certificate_file_is_refused(leaf: Leaf, root: CA) -> None:
+    crl = b"-----BEGIN X509 CRL-----\nMAA=\n-----END X509 CRL-----\n"
+    files = replace(source_files(leaf), chain=leaf.chain_pem + crl)
+    assert_refused(files, root, file="chain.pem", keyword="X509 CRL")
+
+
+# ---------------------------------------------------------------- odd certificates
+
+
+def test_duplicated_extension_is_a_refusal(leaf: Leaf, inter: CA, root: CA) -> None:
+    odd = tamper.with_duplicated_san(leaf, inter)
+    assert_refused(source_files(odd), root, file="cert.pem", keyword="malformed extensions")
+
+
+def test_unknown_public_key_algorithm_is_a_refusal(leaf: Leaf, inter: CA, root: CA) -> None:
+    odd = tamper.with_unknown_key_algorithm(leaf, inter)
+    assert_refused(source_files(odd), root, file="cert.pem", keyword="unsupported public key")
+
+
+def test_san_that_is_no_host_name_is_a_refusal(inter: CA, root: CA) -> None:
+    odd = inter.issue("exa mple", **valid_for(60))
+    assert_refused(source_files(odd), root, file="cert.pem", keyword="not a valid host name")
+
+
+def test_ca_certificate_as_leaf(inter: CA, root: CA) -> None:
+    odd = inter.issue(HOST, is_ca=True, **valid_for(60))
+    assert_refused(source_files(odd), root, file="cert.pem", keyword="CA certificate")
+
+
+def test_intermediate_that_is_not_a_ca(inter: CA, root: CA) -> None:
+    impostor = inter.issue("impostor.example.com", **valid_for(60))
+    odd = CA(cert=impostor.cert, key=impostor.key, parent=inter).issue(HOST, **valid_for(60))
+    assert_refused(source_files(odd), root, file="chain.pem", keyword="not a CA")
+
+
+def test_chain_in_the_wrong_order(root: CA) -> None:
+    # The path verifier treats intermediates as a pool; TLS 1.2 clients need the order.
+    upper = root.intermediate("upper", path_length=1, **CA_VALIDITY)
+    lower = upper.intermediate("lower", **CA_VALIDITY)
+    leaf = lower.issue(HOST, **valid_for(60))
+    backwards = certs_pem(upper.cert, lower.cert)
+    files = SourceFiles(
+        cert=leaf.cert_pem,
+        chain=backwards,
+        fullchain=leaf.cert_pem + backwards,
+        privkey=leaf.key_pem(),
+    )
+    assert_refused(files, root, file="chain.pem", keyword="did not issue the one before it")
 
 
 # ---------------------------------------------------------------- anchors
