@@ -1,0 +1,1 @@
+"""Proof under fire (issue 5): crashes, faults, races, hostile input, key exposure."""

@@ -1,0 +1,419 @@
+"""Case 5 of issue 5: fuzzing the parsers and the verification entry point with hypothesis.
+
+The property everywhere: nothing but the documented outcome. A parser returns its value or
+raises `RefusedError`; `read_lineage` returns a snapshot of one archive version or raises
+`RefusedError`/`NotSettledError`, promptly; `verify_bundle` returns a `VerifiedBundle` or
+raises `RefusedError`, and what it accepts from a mutated bundle is still the original
+leaf with its own key. Any other exception (ValueError, DuplicateExtension,
+UnsupportedAlgorithm, ...) would reach the CLI as an internal error: a failure here.
+
+Bounded for CI: a fixed number of examples per target, no per-example deadline (the first
+call pays for imports), derandomized so that CI runs are repeatable; about 30 s in all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pftls_hook.errors import NotSettledError, RefusedError
+from pftls_hook.lineage import LineageSnapshot, read_lineage, renewed_lineage
+from pftls_hook.verify import (
+    SourceFiles,
+    VerifiedBundle,
+    load_anchors,
+    parse_certificates,
+    parse_private_key,
+    split_pem,
+    verify_bundle,
+)
+from tests.support import lineage as fake
+from tests.support import tamper
+from tests.support.pki import CA, Leaf
+from tests.support.scorecard import Scorecard
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+HOST = "mail.example.com"
+NAME = HOST
+KINDS = ("cert", "chain", "fullchain", "privkey")
+# Examples per target: about 30 s in all on a CI machine.
+PARSER_EXAMPLES, VERIFY_EXAMPLES, LINEAGE_EXAMPLES = 2000, 3000, 800
+# A read that takes longer than this would be a hang in certbot's hook.
+READ_BOUND = 2.0
+
+
+def fuzz(examples: int) -> settings:
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+# What fuzzing found, and where it is now refused (docs/reliability.md lists these).
+FINDINGS = (
+    "a certificate with a duplicated extension raised DuplicateExtension (internal error, "
+    "exit 1) from `leaf.extensions`: now `cert.pem: certificate 1 has malformed extensions`",
+    "a certificate whose public key algorithm is unknown raised UnsupportedAlgorithm from "
+    "`public_key()`: now `... has an unsupported public key`",
+    "a subjectAltName that is not a host name (`exa mple`) raised ValueError building the "
+    "verifier: now `cert.pem: subjectAltName ... is not a valid host name`",
+    "links of one lineage into two archive dirs (fullchain.pem from another lineage, all on "
+    "version 1) were read as one version: now `links lead into different archive directories`",
+)
+
+
+# ------------------------------------------------------------------------------ material
+
+CA_VALIDITY = {"not_before": NOW - timedelta(days=365), "not_after": NOW + timedelta(days=3650)}
+ROOT = CA.root("fuzz root", **CA_VALIDITY)
+UPPER = ROOT.intermediate("fuzz upper", path_length=1, **CA_VALIDITY)
+LOWER = UPPER.intermediate("fuzz lower", **CA_VALIDITY)
+LEAF_VALIDITY = {"not_before": NOW - timedelta(hours=1), "not_after": NOW + timedelta(days=60)}
+LEAVES = (
+    LOWER.issue(HOST, **LEAF_VALIDITY),  # EC key, two intermediates
+    ROOT.intermediate("fuzz rsa", **CA_VALIDITY).issue(HOST, key="rsa", **LEAF_VALIDITY),
+)
+
+
+def files_of(leaf: Leaf) -> SourceFiles:
+    return SourceFiles(
+        cert=leaf.cert_pem, chain=leaf.chain_pem, fullchain=leaf.fullchain_pem,
+        privkey=leaf.key_pem(),
+    )  # fmt: skip
+
+
+BLOCK = re.compile(rb"-----BEGIN [A-Z0-9 ]+-----.*?-----END [A-Z0-9 ]+-----\r?\n?", re.S)
+# Odd certificates for the block pool, each once a crash: shuffles put them in any file.
+ODD = (
+    tamper.with_duplicated_san(LOWER.issue(HOST, **LEAF_VALIDITY), LOWER),
+    tamper.with_unknown_key_algorithm(LOWER.issue(HOST, **LEAF_VALIDITY), LOWER),
+    LOWER.issue("exa mple", **LEAF_VALIDITY),
+    LOWER.issue(HOST, is_ca=True, **LEAF_VALIDITY),
+    Leaf.self_signed(HOST, **LEAF_VALIDITY),
+)
+# Every PEM block at hand: certificates of both chains, the keys, a root, the odd ones.
+REAL_BLOCKS = sorted(
+    {
+        block
+        for leaf in (*LEAVES, *ODD)
+        for data in (leaf.fullchain_pem, leaf.key_pem(), leaf.key_pem(traditional=True))
+        for block in BLOCK.findall(data)
+    }
+    | {ROOT.cert_pem}
+)
+LABELS = (
+    b"CERTIFICATE", b"PRIVATE KEY", b"EC PRIVATE KEY", b"RSA PRIVATE KEY",
+    b"ENCRYPTED PRIVATE KEY", b"X509 CRL", b"PUBLIC KEY", b"TRUSTED CERTIFICATE", b"",
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- strategies
+
+
+@st.composite
+def made_up_block(draw: st.DrawFn) -> bytes:
+    """A PEM-shaped block: a label, perhaps headers, a base64 body of anything."""
+    begin, end = draw(st.sampled_from(LABELS)), draw(st.sampled_from(LABELS))
+    body = draw(st.one_of(st.binary(max_size=300), st.sampled_from(REAL_BLOCKS)))
+    headers = draw(st.sampled_from([b"", b"Proc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\n"]))
+    import base64
+
+    encoded = base64.encodebytes(body)
+    if draw(st.booleans()):
+        encoded = encoded[: draw(st.integers(0, len(encoded)))]
+    return b"-----BEGIN " + begin + b"-----\n" + headers + encoded + b"-----END " + end + b"-----\n"
+
+
+PIECES = st.one_of(
+    st.sampled_from(REAL_BLOCKS),
+    made_up_block(),
+    st.binary(max_size=48),
+    st.sampled_from([b"\n", b"\r\n", b" \t", b"\x00", b"\xff\xfe", b"# comment\n", b"-----"]),
+)
+PEMISH = st.one_of(st.binary(max_size=1024), st.lists(PIECES, max_size=6).map(b"".join))
+
+
+def _flip(data: bytes, draw: st.DrawFn) -> bytes:
+    if not data:
+        return data
+    at = draw(st.integers(0, len(data) - 1))
+    return data[:at] + bytes([data[at] ^ (1 << draw(st.integers(0, 7)))]) + data[at + 1 :]
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> tuple[Leaf, SourceFiles]:
+    """A bundle as certbot writes it, for a good leaf or an odd one (the seeds), with up to
+    three mutations: bit flips, truncations, blocks shuffled across files, a file swapped
+    for another, random bytes spliced in."""
+    leaf = draw(st.sampled_from((*LEAVES, *ODD)))
+    files = dict(zip(KINDS, (getattr(files_of(leaf), k) for k in KINDS), strict=True))
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(KINDS))
+        data = files[kind]
+        how = draw(st.sampled_from(["flip", "truncate", "shuffle", "swap", "splice"]))
+        if how == "flip":
+            data = _flip(data, draw)
+        elif how == "truncate":
+            data = data[: draw(st.integers(0, len(data)))]
+        elif how == "shuffle":
+            pool = [b for v in files.values() for b in BLOCK.findall(v)] + list(REAL_BLOCKS)
+            data = b"".join(draw(st.lists(st.sampled_from(pool), max_size=4)))
+        elif how == "swap":
+            data = files[draw(st.sampled_from(KINDS))]
+        else:
+            at = draw(st.integers(0, len(data)))
+            data = data[:at] + draw(st.binary(min_size=1, max_size=16)) + data[at:]
+        files[kind] = data
+    return leaf, SourceFiles(**files)
+
+
+# ------------------------------------------------------------------------------ the score
+
+
+@pytest.fixture(scope="module")
+def card() -> Iterator[Scorecard]:
+    card = Scorecard("fuzz", "Fuzzing (hypothesis)")
+    started = time.monotonic()
+    yield card
+    passed, total = card.count()
+    examples = sum(card.counts.values())
+    card.record(
+        f"{passed}/{total} targets: nothing but the documented outcome in {examples} examples",
+        examples=examples,
+        seconds=round(time.monotonic() - started, 1),
+        findings=list(FINDINGS),
+    )
+
+
+def fuzzed(card: Scorecard, target: str, test: Callable[[], None]) -> None:
+    """Run a hypothesis test as one attempt of the score, counting its examples."""
+    with card.attempt(target) as notes:
+        test()
+        notes.append(f"{card.counts[target]} examples")
+
+
+def refused_or(kind: type, call: Callable[[], object]) -> object:
+    """`call()` returns a `kind` or raises RefusedError; anything else fails the test."""
+    try:
+        value = call()
+    except RefusedError as exc:
+        assert "\n" not in str(exc), f"a refusal of more than one line: {exc!r}"
+        return exc
+    assert isinstance(value, kind), f"{type(value).__name__}, not {kind.__name__}"
+    return value
+
+
+# -------------------------------------------------------------------------------- PEM
+
+
+def test_pem_parsers(card: Scorecard) -> None:
+    @fuzz(PARSER_EXAMPLES)
+    @given(PEMISH)
+    def parsers(data: bytes) -> None:
+        card.counts["pem parsers"] += 1
+        refused_or(list, lambda: parse_certificates(data, "cert.pem"))
+        refused_or(object, lambda: parse_private_key(data, "privkey.pem"))
+        refused_or(tuple, lambda: load_anchors(data, "ca.pem"))
+
+    fuzzed(card, "pem parsers", parsers)
+
+
+def test_split_pem_never_raises(card: Scorecard) -> None:
+    # Rollback re-reads installed files with it: it must hand back something to verify.
+    @fuzz(PARSER_EXAMPLES)
+    @given(PEMISH, PEMISH)
+    def split(key_data: bytes, cert_data: bytes) -> None:
+        card.counts["split_pem"] += 1
+        assert isinstance(split_pem(key_data, cert_data), SourceFiles)
+
+    fuzzed(card, "split_pem", split)
+
+
+# --------------------------------------------------------------------------- verify_bundle
+
+
+def test_verify_bundle_on_mutated_bundles(card: Scorecard) -> None:
+    @fuzz(VERIFY_EXAMPLES)
+    @given(mutated(), st.sampled_from([(), (HOST,), ("other.example.com",), ("*",)]))
+    def verify(sample: tuple[Leaf, SourceFiles], hostnames: tuple[str, ...]) -> None:
+        card.counts["verify_bundle"] += 1
+        leaf, files = sample
+        outcome = refused_or(
+            VerifiedBundle,
+            lambda: verify_bundle(files, anchors=[ROOT.cert], hostnames=hostnames, now=NOW),
+        )
+        if isinstance(outcome, VerifiedBundle):
+            # Whatever survived the mutation is the very certificate and key it started as.
+            assert outcome.leaf == leaf.cert
+            assert outcome.key_pem == files.privkey
+            key = parse_private_key(files.privkey, "privkey.pem")
+            assert isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
+            assert key.private_numbers() == leaf.key.private_numbers()  # type: ignore[union-attr]
+
+    fuzzed(card, "verify_bundle", verify)
+
+
+# ------------------------------------------------------------------------------ lineage
+
+TARGETS = (
+    "version-2", "other-kind", "outside", "outside-relative",
+    "missing-target", "itself", "loop", "directory", "fifo", "plain-file", "no-link",
+    "dev-null", "other-lineage",
+)  # fmt: skip
+CONTENTS = ("valid", "valid", "valid", "random", "empty")
+MODES = (0o644, 0o600, 0o644, 0o600, 0o640, 0o666, 0o620)
+
+
+@st.composite
+def layouts(draw: st.DrawFn) -> dict[str, object]:
+    return {
+        # Half the links good, so that one bent link among good ones is common.
+        "targets": {
+            kind: draw(st.one_of(st.just("good"), st.sampled_from(TARGETS))) for kind in KINDS
+        },
+        "contents": {kind: draw(st.sampled_from(CONTENTS)) for kind in KINDS},
+        "modes": {kind: draw(st.sampled_from(MODES)) for kind in KINDS},
+        "random": draw(st.binary(max_size=256)),
+        "previous": draw(st.booleans()) and draw(st.booleans()),
+        "dir_mode": draw(st.sampled_from((0o755, 0o700, 0o755, 0o775))),
+    }
+
+
+def _point(config: Path, outside: Path, kind: str, target: str) -> None:
+    link = fake.link_path(config, NAME, kind)
+    archive = fake.archive_dir(config, NAME)
+    if target == "no-link":
+        link.unlink()
+        return
+    if target == "plain-file":
+        link.unlink()
+        link.write_bytes(b"not a link\n")
+        return
+    destination: str | Path = {
+        "good": f"../../archive/{NAME}/{kind}1.pem",
+        "version-2": f"../../archive/{NAME}/{kind}2.pem",
+        "other-kind": f"../../archive/{NAME}/{'chain' if kind != 'chain' else 'cert'}1.pem",
+        "outside": outside / f"{kind}1.pem",
+        "outside-relative": f"../../../outside/{kind}1.pem",
+        "missing-target": f"../../archive/{NAME}/{kind}9.pem",
+        "itself": f"{kind}.pem",
+        "loop": f"../../archive/{NAME}/{kind}7.pem",
+        "directory": f"../../archive/{NAME}/{kind}5.pem",
+        "fifo": f"../../archive/{NAME}/{kind}6.pem",
+        "dev-null": "/dev/null",
+        "other-lineage": f"../../archive/other/{kind}1.pem",
+    }[target]
+    if target == "loop":
+        os.symlink(f"../../live/{NAME}/{kind}.pem", archive / f"{kind}7.pem")
+    elif target == "directory":
+        (archive / f"{kind}5.pem").mkdir()
+    elif target == "fifo":
+        os.mkfifo(archive / f"{kind}6.pem", 0o600)
+    fake.set_link(config, NAME, kind, destination)
+
+
+def build_layout(root: Path, layout: dict[str, object]) -> Path:
+    """A lineage with versions 1 and 2 (and `other`), links bent as `layout` says."""
+    config, outside = root / "letsencrypt", root / "outside"
+    outside.mkdir()
+    leaf = LEAVES[0]
+    pems = {"cert_pem": leaf.cert_pem, "chain_pem": leaf.chain_pem, "privkey_pem": leaf.key_pem()}
+    fake.new_lineage(config, NAME, **pems)
+    fake.write_version(config, NAME, 2, **pems)
+    fake.new_lineage(config, "other", **pems)
+    contents, modes = layout["contents"], layout["modes"]
+    assert isinstance(contents, dict) and isinstance(modes, dict)
+    for kind in KINDS:
+        path = fake.archive_path(config, NAME, kind, 1)
+        if contents[kind] != "valid":
+            random = layout["random"]
+            assert isinstance(random, bytes)
+            path.write_bytes(random if contents[kind] == "random" else b"")
+        path.chmod(modes[kind])
+        shutil.copy(path, outside / f"{kind}1.pem")
+    if layout["previous"]:
+        fake.add_previous_links(config, NAME)
+    targets = layout["targets"]
+    assert isinstance(targets, dict)
+    for kind in KINDS:
+        _point(config, outside, kind, targets[kind])
+    mode = layout["dir_mode"]
+    assert isinstance(mode, int)
+    fake.archive_dir(config, NAME).chmod(mode)
+    return fake.live_dir(config, NAME)
+
+
+def assert_one_version(snapshot: LineageSnapshot, live: Path) -> None:
+    """A snapshot holds four files of one archive dir and one version, byte for byte, none
+    of them writable by group or others."""
+    targets = [Path(os.path.realpath(live / f"{kind}.pem")) for kind in KINDS]
+    assert len({path.parent for path in targets}) == 1, targets
+    for kind, path in zip(KINDS, targets, strict=True):
+        assert path.name == f"{kind}{snapshot.version}.pem"
+        assert getattr(snapshot.files, kind) == path.read_bytes()
+        assert not stat.S_IMODE(path.stat().st_mode) & 0o022
+
+
+def test_read_lineage_on_bent_layouts(card: Scorecard) -> None:
+    @fuzz(LINEAGE_EXAMPLES)
+    @given(layouts())
+    def read(layout: dict[str, object]) -> None:
+        card.counts["read_lineage"] += 1
+        root = Path(tempfile.mkdtemp(prefix="pftls-fuzz-"))
+        try:
+            live = build_layout(root, layout)
+            started = time.monotonic()
+            try:
+                snapshot = read_lineage(live, settle_timeout=0)
+            except (RefusedError, NotSettledError) as exc:
+                assert "\n" not in str(exc)
+            else:
+                assert_one_version(snapshot, live)
+            assert time.monotonic() - started < READ_BOUND
+        finally:
+            shutil.rmtree(root)
+
+    fuzzed(card, "read_lineage", read)
+
+
+def test_renewed_lineage_names(card: Scorecard, tmp_path: Path) -> None:
+    live = tmp_path / "letsencrypt" / "live"
+    leaf = LEAVES[0]
+    fake.new_lineage(
+        live.parent, NAME, cert_pem=leaf.cert_pem, chain_pem=leaf.chain_pem,
+        privkey_pem=leaf.key_pem(),
+    )  # fmt: skip
+    names = st.one_of(
+        st.text(max_size=40),
+        st.lists(
+            st.sampled_from(["..", ".", "", NAME, "live", "x", "\udcff", "\n"]), max_size=4
+        ).map("/".join),
+    )
+
+    @fuzz(PARSER_EXAMPLES)
+    @given(st.sampled_from([str(live) + "/", "", "/", "relative/"]), names)
+    def hook(prefix: str, name: str) -> None:
+        card.counts["RENEWED_LINEAGE"] += 1
+        value = prefix + name
+        if "\x00" in value:
+            return  # the environment cannot carry a NUL byte
+        outcome = refused_or(str, lambda: renewed_lineage(value, live))
+        if isinstance(outcome, str):
+            assert (live / outcome).resolve() == (live / NAME).resolve()
+
+    fuzzed(card, "RENEWED_LINEAGE", hook)
