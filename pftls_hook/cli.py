@@ -34,6 +34,7 @@ from pftls_hook.errors import (
     RollbackFailedError,
     UsageError,
 )
+from pftls_hook.lineage import renewed_lineage
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 EXIT_ROLLED_BACK, EXIT_ROLLBACK_FAILED, EXIT_CANNOT = 4, 5, 6
@@ -133,23 +134,26 @@ def _deploy_hook(settings: Settings) -> int:
     lineage = os.environ.get("RENEWED_LINEAGE", "")
     if not lineage:
         raise UsageError("deploy-hook: RENEWED_LINEAGE is not set (run it from certbot)")
-    path = Path(lineage)
     # Only a lineage directly under our live dir: certbot's own layout, nothing else.
-    if path.parent.resolve() != settings.live_dir.resolve():
-        raise RefusedError(lineage, f"RENEWED_LINEAGE is not a lineage under {settings.live_dir}")
+    name = renewed_lineage(lineage, settings.live_dir)
     deployer = Deployer(settings)
     hostnames = settings.hostnames or (deployer.postfix.state().myhostname,)
+    chosen, why = "", ""
     try:
         chosen = deployer.choose(hostnames)
     except RefusedError as exc:
-        # No lineage qualifies for Postfix (say only a website's was renewed): certbot's
-        # renewal is fine, and Postfix's certificate must stay as it is.
-        log.info("%s renewed, not selected for Postfix (%s): skipped", path.name, exc.reason)
+        why = exc.reason
+    if chosen and name != chosen:
+        log.info("%s renewed, but Postfix uses %s: skipped", name, chosen)
         return EXIT_OK
-    if path.name != chosen:
-        log.info("%s renewed, but Postfix uses %s: skipped", path.name, chosen)
+    # No lineage qualifies. If the renewed one is what Postfix already uses (or is configured
+    # for it), its renewal broke it: deploy it anyway, so the refusal reaches certbot's log
+    # instead of a silent "skip". Any other lineage (a website's) is none of our business.
+    ours = name in settings.lineages or deployer.install_dir.current_path(name).exists()
+    if not chosen and not ours:
+        log.info("%s renewed, not selected for Postfix (%s): skipped", name, why)
         return EXIT_OK
-    deployer.deploy(chosen)
+    deployer.deploy(name)
     return EXIT_OK
 
 

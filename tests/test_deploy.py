@@ -596,6 +596,21 @@ def test_deploy_hook_skips_when_no_lineage_is_for_postfix(rig: Rig) -> None:
     assert not rig.install_dir.exists() or not any(rig.install_dir.iterdir())
 
 
+def test_deploy_hook_reports_a_broken_renewal_of_the_postfix_lineage(
+    deployed: Deployed,
+) -> None:
+    # A renewal that breaks cert.pem disqualifies the lineage from selection; the hook must
+    # still refuse it loudly (certbot logs the exit code), not skip it as someone else's.
+    rig, first = deployed.rig, deployed.first
+    rig.lineage(first, 2, files={"cert_pem": b"this is not a certificate\n"})
+    main_cf = rig.main_cf()
+
+    result = rig.cli("deploy-hook", env={"RENEWED_LINEAGE": str(rig.live / NAME)})
+
+    assert_unchanged(rig, main_cf, sha256(first), result, code=EXIT_REFUSED)
+    assert "cert.pem: not PEM" in result.stderr, result.stderr
+
+
 def test_deploy_hook_refuses_a_lineage_outside_the_live_dir(
     deployed: Deployed, tmp_path: Path
 ) -> None:
