@@ -13,6 +13,7 @@ write, no main.cf write, no reload.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,8 +24,10 @@ from cryptography import x509
 from pftls_hook import probe
 from pftls_hook.config import Endpoint, Settings
 from pftls_hook.errors import (
+    CommandError,
     DeployFailedError,
     EnvironmentRefusedError,
+    NotSettledError,
     PftlsError,
     RefusedError,
     RollbackFailedError,
@@ -127,7 +130,7 @@ class Deployer:
         names = self.settings.lineages or tuple(list_lineages(self.settings.live_dir))
         for name in names:
             try:
-                snapshot = read_lineage(self.settings.live_dir / name, settle_timeout=0)
+                snapshot = self._read_for_choice(name)
                 leaf = parse_certificates(snapshot.files.cert, "cert.pem")[0]
             except RefusedError as exc:
                 log.info("%s: not considered now: %s", name, exc)
@@ -135,6 +138,24 @@ class Deployer:
             if self.settings.lineages or all(covers(leaf, h) for h in hostnames):
                 chosen.append((name, leaf))
         return chosen
+
+    def _read_for_choice(self, name: str) -> LineageSnapshot:
+        """A lineage certbot is re-pointing right now (an `install` started during a
+        renewal) is waited for, up to settle_timeout, as deploy() waits: choosing without
+        it could find no lineage at all (exit 3) or the wrong one. One left half-renewed
+        for longer than that (an interrupted certbot: its live dir, whose mtime every
+        re-pointed link bumps, is older) is skipped at once: waiting would not help."""
+        lineage_dir = self.settings.live_dir / name
+        try:
+            return read_lineage(lineage_dir, settle_timeout=0)
+        except NotSettledError as exc:
+            try:
+                age = self.clock().timestamp() - os.lstat(lineage_dir).st_mtime
+            except OSError:
+                raise exc from None  # gone meanwhile: skip it as unsettled
+            if age > self.settings.settle_timeout:
+                raise
+            return read_lineage(lineage_dir, settle_timeout=self.settings.settle_timeout)
 
     def choose(self, hostnames: Sequence[str]) -> str:
         """The one lineage to serve: Postfix has one certificate, and when several lineages
@@ -269,7 +290,7 @@ class Deployer:
             if changed:
                 self.postfix.restore(ctx.state.explicit, list(changed))
             if running:
-                self.postfix.reload()
+                self._reload_for_rollback(before)
                 for endpoint, sha in before.items():
                     probe.wait_for([endpoint], sha, timeout=self.settings.probe_timeout)
         except (PftlsError, OSError) as exc:
@@ -280,6 +301,18 @@ class Deployer:
         log.error("rolled back: the previous certificate is in place and served again")
         if isinstance(reason, PftlsError | OSError):
             raise DeployFailedError(f"deploy failed and was rolled back: {reason}") from None
+
+    def _reload_for_rollback(self, before: dict[Endpoint, str]) -> None:
+        """Reload after the files and main.cf are back. When the reload fails (often the
+        very failure being rolled back: `postfix reload` fails again), the rollback still
+        holds if every endpoint is proven to serve what it served before; smtpd processes
+        pick the restored files up as they restart. With nothing to prove it by, it fails."""
+        try:
+            self.postfix.reload()
+        except CommandError as exc:
+            if not before:
+                raise
+            log.warning("rollback: %s; probing for the previous certificate anyway", exc)
 
     def rollback(self) -> Outcome:
         """Switch back to the version installed before the current one, verified again."""

@@ -16,6 +16,12 @@ Layouts:
 
 Key bytes are never readable by anyone but root: files are created 0600 with O_EXCL in the
 install dir itself, written, fsynced, renamed into place, and the directory fsynced.
+
+A write that fails (ENOSPC part way through a file, EROFS, EIO) or a signal during
+`install` leaves nothing new behind and `<name>.pem` as it was; the failure is an
+`EnvironmentRefusedError` naming the install dir and the reason, raised before Postfix was
+pointed anywhere. A SIGKILL runs no cleanup: its temp files are removed by the next run
+(`clean_temps`), and `<name>.pem` is only ever switched by one rename.
 """
 
 from __future__ import annotations
@@ -73,7 +79,12 @@ class InstallDir:
                 raise EnvironmentRefusedError(
                     f"{self.path}: install dir's parent does not exist"
                 ) from None
-            os.mkdir(self.path, 0o755)
+            try:
+                os.mkdir(self.path, 0o755)
+            except OSError as exc:
+                raise EnvironmentRefusedError(
+                    f"{self.path}: cannot create install dir: {exc.strerror}"
+                ) from None
             st = os.lstat(self.path)
         if stat.S_ISLNK(st.st_mode):
             raise EnvironmentRefusedError(f"{self.path}: install dir is a symlink; refusing")
@@ -88,10 +99,16 @@ class InstallDir:
 
     def clean_temps(self) -> None:
         """Remove temp files a killed run left behind (they never were in use)."""
-        with contextlib.suppress(FileNotFoundError):
+        try:
             for entry in os.scandir(self.path):
                 if _TEMP.match(entry.name) and entry.is_file(follow_symlinks=False):
                     os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # a read-only install dir holding a dead run's temp file
+            raise EnvironmentRefusedError(
+                f"{self.path}: cannot remove a stale temp file: {exc.strerror}"
+            ) from None
 
     # -- reading --------------------------------------------------------------------------
     def current_path(self, name: str) -> Path:
@@ -123,46 +140,59 @@ class InstallDir:
             tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
         )
         try:
-            if os.geteuid() == 0:
-                os.fchown(fd, 0, 0)
-            os.fchmod(fd, mode)  # the umask must not decide a key file's mode
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            try:
+                if os.geteuid() == 0:
+                    os.fchown(fd, 0, 0)
+                os.fchmod(fd, mode)  # the umask must not decide a key file's mode
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
         except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
+            # A full disk fails part way through the data: no partial file may stay.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise
-        os.close(fd)
-        os.replace(tmp, path)
 
     def _link_current(self, name: str, version: Path) -> None:
         tmp = self.path / f".{name}.pem.tmp.{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         os.link(version, tmp)
-        os.replace(tmp, self.current_path(name))  # the one atomic switch
+        try:
+            os.replace(tmp, self.current_path(name))  # the one atomic switch
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         _fsync_dir(self.path)
 
     def install(self, name: str, bundle: VerifiedBundle, *, chain_files: bool) -> Installed:
-        if self.layout == "separate":
-            return self._install_separate(name, bundle, chain_files=chain_files)
-        return self._install_combined(name, bundle, chain_files=chain_files)
+        try:
+            if self.layout == "separate":
+                return self._install_separate(name, bundle, chain_files=chain_files)
+            return self._install_combined(name, bundle, chain_files=chain_files)
+        except OSError as exc:
+            # ENOSPC, EROFS, EIO: the machine's problem, not a bug; nothing was switched.
+            raise EnvironmentRefusedError(
+                f"{self.path}: cannot write {name}'s files: {exc.strerror}"
+            ) from None
 
     def _install_combined(
         self, name: str, bundle: VerifiedBundle, *, chain_files: bool
     ) -> Installed:
         current = self.current_path(name)
         before = self.current_version(name)
+        adopted = None
         if before is None and current.exists():
             # A <name>.pem we did not version (an older install, or copied by hand): keep
             # it as a version so undo and rollback can return to it.
-            before = self.path / f"{name}.{_stamp()}.pem"
+            before = adopted = self.path / f"{name}.{_stamp()}.pem"
             os.link(current, before)
         new = self.path / f"{name}.{_stamp()}.pem"
-        self._write_new(new, bundle.combined_pem(), 0o600)
-        self._link_current(name, new)
 
         def undo() -> None:
             if before is not None:
@@ -171,6 +201,20 @@ class InstallDir:
                 current.unlink(missing_ok=True)
             new.unlink(missing_ok=True)
             _fsync_dir(self.path)
+
+        try:
+            self._write_new(new, bundle.combined_pem(), 0o600)
+            self._link_current(name, new)
+        except BaseException:
+            # Leave nothing new behind. Switch back only if the rename went through (the
+            # directory fsync after it failed); otherwise <name>.pem was never touched.
+            with contextlib.suppress(OSError):
+                if current.exists() and new.exists() and os.path.samefile(current, new):
+                    undo()
+                new.unlink(missing_ok=True)
+                if adopted is not None:
+                    adopted.unlink()
+            raise
 
         path = str(current)
         params = (
@@ -186,14 +230,21 @@ class InstallDir:
         stamp = _stamp()
         key = self.path / f"{name}.{stamp}.key"
         crt = self.path / f"{name}.{stamp}.crt"
-        self._write_new(key, bundle.key_pem, 0o600)
-        self._write_new(crt, bundle.fullchain_pem, 0o644)
-        _fsync_dir(self.path)
 
         def undo() -> None:
             key.unlink(missing_ok=True)
             crt.unlink(missing_ok=True)
             _fsync_dir(self.path)
+
+        try:
+            self._write_new(key, bundle.key_pem, 0o600)
+            self._write_new(crt, bundle.fullchain_pem, 0o644)
+            _fsync_dir(self.path)
+        except BaseException:
+            # A key without its certificate is no use to anyone: remove both.
+            with contextlib.suppress(OSError):
+                undo()
+            raise
 
         params = (
             {"smtpd_tls_chain_files": f"{key} {crt}"}
@@ -205,7 +256,12 @@ class InstallDir:
     def switch_to(self, name: str, version: Path) -> Callable[[], None]:
         """Point `<name>.pem` at an existing version (rollback); returns the undo."""
         before = self.current_version(name)
-        self._link_current(name, version)
+        try:
+            self._link_current(name, version)
+        except OSError as exc:
+            raise EnvironmentRefusedError(
+                f"{self.path}: cannot switch {name} back: {exc.strerror}"
+            ) from None
 
         def undo() -> None:
             if before is not None:

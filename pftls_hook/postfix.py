@@ -172,9 +172,18 @@ class Postfix:
             self._postconf("-e", *(f"{name} = {value}" for name, value in values.items()))
 
     def restore(self, explicit_before: Mapping[str, str], names: Sequence[str]) -> None:
-        """Put `names` back as main.cf had them: the old value, or removed if it was unset."""
-        back = {n: explicit_before[n] for n in names if n in explicit_before}
-        unset = [n for n in names if n not in explicit_before]
+        """Put `names` back as main.cf had them: the old value, or removed if it was unset.
+
+        Only what differs now is written: a `postconf -e` that failed changed nothing (it
+        replaces main.cf atomically), and writing again would fail again (a read-only or
+        full /etc/postfix), turning a clean rollback into a failed one."""
+        now = _parse_assignments(self._postconf("-n").stdout)
+        back = {
+            n: explicit_before[n]
+            for n in names
+            if n in explicit_before and now.get(n) != explicit_before[n]
+        }
+        unset = [n for n in names if n not in explicit_before and n in now]
         self.set(back)
         if unset:
             self._postconf("-X", *unset)

@@ -3,10 +3,12 @@
 Contract: `served(endpoint)` does EHLO, STARTTLS (or TLS from the first byte) and returns
 the SHA-256 of the leaf the server sent, or raises `ProbeError`. `wait_for(endpoints,
 expected, timeout)` retries until every endpoint serves `expected` and raises `ProbeError`
-at the deadline, or at once on a 454: smtpd answers STARTTLS with 454 when it could not load
-its key, and keeps advertising STARTTLS, so EHLO alone proves nothing. The client checks no
-chain or name (that was done on the files); it only identifies the leaf. `posttls-finger`
-is not used: it always exits 0.
+at the deadline, naming a 454 if that was the last answer: smtpd answers STARTTLS with 454
+when it could not load its key, and keeps advertising STARTTLS, so EHLO alone proves
+nothing. A 454 is retried like a wrong certificate: after a reload an old idle smtpd that
+could not load the previous (broken) key may still take one more connection, and giving up
+on its answer would roll a repair back. The client checks no chain or name (that was done
+on the files); it only identifies the leaf. `posttls-finger` is not used: it always exits 0.
 """
 
 from __future__ import annotations
@@ -97,8 +99,6 @@ def wait_for(endpoints: Sequence[Endpoint], expected: str, *, timeout: float) ->
             try:
                 got = served(endpoint, timeout=max(1.0, min(5.0, timeout)))
             except ProbeError as exc:
-                if "454" in str(exc):
-                    raise
                 last = str(exc)
                 still.append(endpoint)
                 continue
