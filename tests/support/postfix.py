@@ -319,15 +319,20 @@ def _is_master(pid: int) -> bool:
 # ----------------------------------------------------------- STARTTLS client
 
 
-def served_certificate(host: str, port: int, *, timeout: float = 5.0) -> bytes:
+def served_certificate(
+    host: str, port: int, *, timeout: float = 5.0, cafile: Path | None = None
+) -> bytes:
     """The DER leaf certificate that a STARTTLS client on host:port is shown.
 
-    Deliberately unverified: the tests compare what is served with what they
-    expect, whatever its chain.
+    Unverified by default: the tests compare what is served with what they expect,
+    whatever its chain. With `cafile`, the handshake fails (ssl.SSLCertVerificationError)
+    unless the chain the server sends leads to a root in that file; the name is still not
+    checked (host is a loopback address).
     """
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
     context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    if cafile is None:
+        context.verify_mode = ssl.CERT_NONE
     # A fixed EHLO name: smtplib would otherwise call socket.getfqdn(), a DNS lookup.
     with smtplib.SMTP(host, port, local_hostname="client.test.example", timeout=timeout) as smtp:
         smtp.ehlo()
@@ -341,13 +346,17 @@ def served_certificate(host: str, port: int, *, timeout: float = 5.0) -> bytes:
         return der
 
 
-def served_sha256(host: str, port: int, *, timeout: float = 5.0) -> str:
-    """Lower-case hex SHA-256 of the served DER leaf certificate."""
-    return hashlib.sha256(served_certificate(host, port, timeout=timeout)).hexdigest()
+def served_sha256(host: str, port: int, *, timeout: float = 5.0, cafile: Path | None = None) -> str:
+    """Lower-case hex SHA-256 of the served DER leaf certificate (see served_certificate)."""
+    der = served_certificate(host, port, timeout=timeout, cafile=cafile)
+    return hashlib.sha256(der).hexdigest()
 
 
-def wait_for_served_sha256(host: str, port: int, expected: str, *, timeout: float = 10.0) -> None:
-    """Poll until host:port serves the certificate with SHA-256 `expected`.
+def wait_for_served_sha256(
+    host: str, port: int, expected: str, *, timeout: float = 10.0, cafile: Path | None = None
+) -> None:
+    """Poll until host:port serves the certificate with SHA-256 `expected` (with `cafile`:
+    and a chain that verifies against it, see served_certificate).
 
     After a reload, master restarts smtpd asynchronously; new connections pick
     the new certificate up within a moment, not instantly.
@@ -357,7 +366,7 @@ def wait_for_served_sha256(host: str, port: int, expected: str, *, timeout: floa
     def matches() -> bool:
         nonlocal last
         try:
-            last = served_sha256(host, port)
+            last = served_sha256(host, port, cafile=cafile)
         except (OSError, smtplib.SMTPException) as exc:
             last = f"error: {exc}"
         return last == expected
