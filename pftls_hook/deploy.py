@@ -12,9 +12,11 @@ write, no main.cf write, no reload.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+import signal
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +37,7 @@ from pftls_hook.errors import (
 from pftls_hook.install import InstallDir, Installed
 from pftls_hook.lineage import LineageSnapshot, list_lineages, read_lineage
 from pftls_hook.lock import deploy_lock
-from pftls_hook.postfix import Postfix, PostfixState
+from pftls_hook.postfix import Postfix, PostfixState, pointing
 from pftls_hook.verify import (
     SourceFiles,
     VerifiedBundle,
@@ -48,6 +50,19 @@ from pftls_hook.verify import (
 
 log = logging.getLogger("pftls-hook")
 Clock = Callable[[], datetime]
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGTERM, SIGINT and SIGHUP while files are switched: the exception a handler
+    raises then arrives once the rollback knows the switch, never between the rename and it
+    (DESIGN invariant 3). SIGKILL cannot be held; the file order covers that case."""
+    held = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def utcnow() -> datetime:
@@ -200,17 +215,11 @@ class Deployer:
 
     def _already_installed(self, name: str, bundle: VerifiedBundle, ctx: Context) -> bool:
         """Do main.cf's managed values name files holding exactly these bytes?"""
-        eff = ctx.state.effective
-        if ctx.state.uses_chain_files:
-            files = eff["smtpd_tls_chain_files"].replace(",", " ").split()
-        else:
-            files = [eff.get("smtpd_tls_key_file", ""), eff.get("smtpd_tls_cert_file", "")]
+        files = ctx.state.pointed_files()
         if self.settings.layout == "combined":
             expected = [bundle.combined_pem()]
-            wanted = {str(self.install_dir.current_path(name))}
-            if set(files) != wanted:
+            if files != [str(self.install_dir.current_path(name))]:
                 return False
-            files = sorted(wanted)  # the same single file, read once
         else:
             expected = [bundle.key_pem, bundle.fullchain_pem]
             if any(not f.startswith(f"{self.install_dir.path}/{name}.") for f in files):
@@ -235,10 +244,18 @@ class Deployer:
             self._prove(endpoints, expected)
             return Outcome(name, "reloaded", expected, bundle.warnings)
 
-        installed = self.install_dir.install(name, bundle, chain_files=ctx.state.uses_chain_files)
-        log.info("%s: installed %s", name, ", ".join(str(f) for f in installed.files))
-        self._apply(installed, ctx, expected, running, before)
-        for removed in self.install_dir.prune(name, set(installed.files)):
+        installed = self._apply(
+            lambda: self.install_dir.install(name, bundle, chain_files=ctx.state.uses_chain_files),
+            ctx,
+            expected,
+            running,
+            before,
+        )
+        # Keep what was served before this deploy (for rollback) and the new files.
+        keep = {*installed.files, *map(Path, ctx.state.pointed_files())}
+        if installed.previous is not None:
+            keep.add(installed.previous)
+        for removed in self.install_dir.prune(name, keep):
             log.info("%s: pruned %s", name, removed)
         if not running:
             log.warning("Postfix is not running: installed, not reloaded or probed")
@@ -248,26 +265,39 @@ class Deployer:
 
     def _apply(
         self,
-        installed: Installed,
+        switch: Callable[[], Installed],
         ctx: Context,
         expected: str,
         running: bool,
         before: dict[Endpoint, str],
-    ) -> None:
-        """Point main.cf at the installed files, check, reload, prove; or undo it all."""
-        changed = {k: v for k, v in installed.params.items() if ctx.state.effective.get(k, "") != v}
+    ) -> Installed:
+        """Switch the files in, point main.cf at them, check, reload, prove; or undo it all."""
+        installed: Installed | None = None
+        changed: dict[str, str] = {}
         try:
+            with _signals_held():
+                installed = switch()
+            # A SIGTERM held during the switch arrives here, where the rollback knows it.
+            log.info("switched in %s", ", ".join(str(f) for f in installed.files))
+            changed = {
+                k: v for k, v in installed.params.items() if ctx.state.effective.get(k, "") != v
+            }
             if changed:
                 log.info("main.cf: %s", ", ".join(f"{k} = {v}" for k, v in changed.items()))
                 self.postfix.set(changed)
-            self.postfix.check()
+                # Only a main.cf change can break Postfix's configuration; a routine renewal
+                # (same file name, new bytes already verified) skips the 0.15 s check.
+                self.postfix.check()
             if running:
                 self.postfix.reload()
                 self._prove(ctx.endpoints, expected)
         except BaseException as exc:
+            if installed is None:
+                raise  # nothing was switched: the switch undoes its own partial work
             # Every exit path, a signal included, puts the previous state back.
             self._roll_back(installed, changed, ctx, running, before, reason=exc)
             raise  # _roll_back raised for PftlsError; other exceptions continue as they were
+        return installed
 
     def _prove(self, endpoints: Sequence[Endpoint], expected: str) -> None:
         if endpoints:
@@ -319,7 +349,7 @@ class Deployer:
         with deploy_lock(self.settings.lock_file, self.settings.lock_timeout):
             ctx = self.context()
             self.install_dir.check()
-            name, installed, files = self._previous(ctx)
+            name, switch, files = self._previous(ctx)
             bundle = verify_bundle(
                 files,
                 anchors=self.anchors(),  # type: ignore[arg-type]
@@ -329,18 +359,14 @@ class Deployer:
             )
             running = self.postfix.is_running()
             before = self.served(ctx.endpoints if running else ())
-            self._apply(installed, ctx, bundle.leaf_sha256, running, before)
+            installed = self._apply(switch, ctx, bundle.leaf_sha256, running, before)
             log.info("%s: rolled back to %s", name, installed.files[0])
             return Outcome(name, "rolled-back", bundle.leaf_sha256, bundle.warnings)
 
-    def _previous(self, ctx: Context) -> tuple[str, Installed, SourceFiles]:
-        """The version before the one main.cf points at, as an `Installed` to apply."""
-        eff = ctx.state.effective
-        pointed = (
-            eff["smtpd_tls_chain_files"].replace(",", " ").split()
-            if ctx.state.uses_chain_files
-            else [eff.get("smtpd_tls_key_file", ""), eff.get("smtpd_tls_cert_file", "")]
-        )
+    def _previous(self, ctx: Context) -> tuple[str, Callable[[], Installed], SourceFiles]:
+        """The version before the one main.cf points at: its files, to verify first, and
+        the switch to it, for `_apply` to run."""
+        pointed = ctx.state.pointed_files()
         ours = [Path(p) for p in pointed if Path(p).parent == self.install_dir.path]
         if len(ours) != len(pointed):
             raise EnvironmentRefusedError(
@@ -355,14 +381,13 @@ class Deployer:
                 raise EnvironmentRefusedError(f"{name}: no previous version to roll back to")
             target = older[-1]
             data = target.read_bytes()
-            undo = directory.switch_to(name, target)
-            params = dict.fromkeys(
-                ("smtpd_tls_chain_files",)
-                if ctx.state.uses_chain_files
-                else ("smtpd_tls_cert_file", "smtpd_tls_key_file"),
-                str(directory.current_path(name)),
-            )
-            return name, Installed(params, undo, (target,)), split_pem(data, data)
+            path = str(directory.current_path(name))
+            params = pointing(path, path, chain_files=ctx.state.uses_chain_files)
+
+            def switch() -> Installed:
+                return Installed(params, directory.switch_to(name, target), (target,))
+
+            return name, switch, split_pem(data, data)
         # `<name>.<stamp>.key`: lineage names hold dots (mail.example.com), the stamp none.
         name = ours[0].name.rsplit(".", 2)[0]
         stems = [p.name.removesuffix(".crt") for p in directory.versions(name, ".crt")]
@@ -374,13 +399,10 @@ class Deployer:
         if not older_stems:
             raise EnvironmentRefusedError(f"{name}: no previous version to roll back to")
         key, crt = (directory.path / f"{older_stems[-1]}{s}" for s in (".key", ".crt"))
-        params = (
-            {"smtpd_tls_chain_files": f"{key} {crt}"}
-            if ctx.state.uses_chain_files
-            else {"smtpd_tls_cert_file": str(crt), "smtpd_tls_key_file": str(key)}
-        )
+        params = pointing(str(key), str(crt), chain_files=ctx.state.uses_chain_files)
         files = split_pem(key.read_bytes(), crt.read_bytes())
-        return name, Installed(params, lambda: None, (crt, key)), files
+        # Both files exist already; main.cf (set by _apply) is the switch, undone by restore.
+        return name, lambda: Installed(params, lambda: None, (crt, key)), files
 
     def _dry_run(self, name: str) -> Outcome:
         ctx = self.context()
@@ -394,28 +416,20 @@ class Deployer:
         if self.settings.layout == "combined":
             files = [f"{self.install_dir.path}/{name}.<stamp>.pem (0600, key + full chain)"]
             target = str(self.install_dir.current_path(name))
-            params = (
-                {"smtpd_tls_chain_files": target}
-                if ctx.state.uses_chain_files
-                else {"smtpd_tls_cert_file": target, "smtpd_tls_key_file": target}
-            )
+            params = pointing(target, target, chain_files=ctx.state.uses_chain_files)
             files.append(f"{target} -> the new version (hard link, renamed into place)")
         else:
             key = f"{self.install_dir.path}/{name}.<stamp>.key"
             crt = f"{self.install_dir.path}/{name}.<stamp>.crt"
             files = [f"{key} (0600)", f"{crt} (0644, full chain)"]
-            params = (
-                {"smtpd_tls_chain_files": f"{key} {crt}"}
-                if ctx.state.uses_chain_files
-                else {"smtpd_tls_cert_file": crt, "smtpd_tls_key_file": key}
-            )
+            params = pointing(key, crt, chain_files=ctx.state.uses_chain_files)
         for line in files:
             print(f"would write {line}")
         for key_name, value in params.items():
             if ctx.state.effective.get(key_name, "") != value:
                 print(f"would run postconf -e '{key_name} = {value}'")
         print(
-            "would run postfix check, postfix reload, and probe "
+            "would run postfix check (if main.cf changes), postfix reload, and probe "
             + (", ".join(map(str, ctx.endpoints)) or "nothing")
         )
         return Outcome(name, "dry-run", bundle.leaf_sha256, bundle.warnings)

@@ -36,10 +36,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pftls_hook.errors import EnvironmentRefusedError
+from pftls_hook.postfix import pointing
 from pftls_hook.verify import VerifiedBundle
 
 _TEMP = re.compile(r"^\..+\.tmp\.[0-9]+$")
-KEEP_VERSIONS = 2  # the current one and the one before it, for rollback
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class Installed:
     params: dict[str, str]  # main.cf values that make Postfix read the new files
     undo: Callable[[], None]  # put the files back as they were before `install`
     files: tuple[Path, ...]
+    previous: Path | None = None  # the version this one replaced, kept for rollback
 
 
 def _stamp() -> str:
@@ -217,12 +218,8 @@ class InstallDir:
             raise
 
         path = str(current)
-        params = (
-            {"smtpd_tls_chain_files": path}
-            if chain_files
-            else {"smtpd_tls_cert_file": path, "smtpd_tls_key_file": path}
-        )
-        return Installed(params, undo, (new, current))
+        params = pointing(path, path, chain_files=chain_files)
+        return Installed(params, undo, (new, current), before)
 
     def _install_separate(
         self, name: str, bundle: VerifiedBundle, *, chain_files: bool
@@ -246,11 +243,7 @@ class InstallDir:
                 undo()
             raise
 
-        params = (
-            {"smtpd_tls_chain_files": f"{key} {crt}"}
-            if chain_files
-            else {"smtpd_tls_cert_file": str(crt), "smtpd_tls_key_file": str(key)}
-        )
+        params = pointing(str(key), str(crt), chain_files=chain_files)
         return Installed(params, undo, (key, crt))
 
     def switch_to(self, name: str, version: Path) -> Callable[[], None]:
@@ -270,15 +263,14 @@ class InstallDir:
         return undo
 
     def prune(self, name: str, keep: set[Path]) -> list[Path]:
-        """Delete versions beyond the newest KEEP_VERSIONS, never one in `keep`."""
+        """Delete every version of `name` not in `keep` (the deploy keeps the new version
+        and the one served before it, for rollback). A version written by a run killed
+        before its switch was never served: it goes too, or a later rollback would land on
+        it instead of the certificate served before."""
         removed = []
-        for suffixes in ((".pem",), (".key", ".crt")):
-            stamps = sorted({p.name[: -len(s)] for s in suffixes for p in self.versions(name, s)})
-            for stem in stamps[:-KEEP_VERSIONS]:
-                for s in suffixes:
-                    path = self.path / f"{stem}{s}"
-                    if path in keep or not path.exists():
-                        continue
-                    path.unlink()
+        for suffix in (".pem", ".key", ".crt"):
+            for path in self.versions(name, suffix):
+                if path not in keep:
+                    path.unlink(missing_ok=True)
                     removed.append(path)
         return removed

@@ -74,6 +74,15 @@ class PostfixState:
     def uses_chain_files(self) -> bool:
         return bool(self.effective.get("smtpd_tls_chain_files", "").strip())
 
+    def pointed_files(self) -> list[str]:
+        """The files smtpd loads its key and certificates from, per main.cf."""
+        if self.uses_chain_files:
+            return self.effective["smtpd_tls_chain_files"].replace(",", " ").split()
+        key, cert = (
+            self.effective.get(k, "") for k in ("smtpd_tls_key_file", "smtpd_tls_cert_file")
+        )
+        return [f for f in dict.fromkeys((key, cert)) if f]
+
     def tls_overrides(self) -> list[Override]:
         """Overrides of the managed parameters: they bypass main.cf, so a deploy misses them."""
         return [o for o in self.overrides if o.param in MANAGED or o.param.endswith("cert_file")]
@@ -107,6 +116,15 @@ class PostfixState:
         if self.effective.get("smtpd_enforce_tls") == "yes":
             return "encrypt"
         return "may" if self.effective.get("smtpd_use_tls") == "yes" else "none"
+
+
+def pointing(key: str, cert: str, *, chain_files: bool) -> dict[str, str]:
+    """The main.cf values that make smtpd load `key` and `cert` (one path when combined).
+    When main.cf uses `smtpd_tls_chain_files`, the legacy parameters are ignored by Postfix,
+    so that one is managed instead."""
+    if chain_files:
+        return {"smtpd_tls_chain_files": key if key == cert else f"{key} {cert}"}
+    return {"smtpd_tls_cert_file": cert, "smtpd_tls_key_file": key}
 
 
 def _endpoint(name: str, *, implicit_tls: bool) -> Endpoint | None:

@@ -33,12 +33,6 @@ def summary(cert: x509.Certificate, now: datetime) -> dict[str, Any]:
     }
 
 
-def _installed_files(deployer: Deployer, effective: dict[str, str]) -> list[str]:
-    if effective.get("smtpd_tls_chain_files", "").strip():
-        return effective["smtpd_tls_chain_files"].replace(",", " ").split()
-    return [f for f in (effective.get("smtpd_tls_cert_file", ""),) if f]
-
-
 def collect(deployer: Deployer) -> dict[str, Any]:
     now = deployer.clock()
     ctx = deployer.context()
@@ -60,7 +54,7 @@ def collect(deployer: Deployer) -> dict[str, Any]:
         lineages.append(entry)
 
     installed: dict[str, Any] = {}
-    for path in _installed_files(deployer, dict(ctx.state.effective)):
+    for path in ctx.state.pointed_files():
         try:
             data = Path(path).read_bytes()
             start = data.find(b"-----BEGIN CERTIFICATE-----")

@@ -547,6 +547,28 @@ def test_rollback_command_serves_the_previous_version(deployed: Deployed) -> Non
     assert rig.main_cf() == main_cf
 
 
+def test_rollback_skips_a_version_a_killed_run_never_switched_to(deployed: Deployed) -> None:
+    # A run SIGKILLed after writing its version file but before the switch leaves an orphan
+    # newer than the served one. The next deploy prunes it, so rollback returns to the
+    # certificate that was actually served before.
+    rig, first = deployed.rig, deployed.first
+    never_served = rig.inter.issue(NAME)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    orphan = rig.install_dir / f"{NAME}.{stamp}.pem"
+    orphan.write_bytes(combined(never_served))
+    orphan.chmod(0o600)
+    second = rig.inter.issue(NAME)
+    rig.lineage(second, 2)
+    assert_ok(rig.cli("install"))
+    assert not orphan.exists()
+    assert len(rig.versions()) == 2
+
+    assert_ok(rig.cli("rollback"))
+
+    assert_serves(rig, first)
+    assert rig.current.read_bytes() == combined(first)
+
+
 def test_rollback_command_in_separate_layout(rig: Rig) -> None:
     layout = ("--layout", "separate")
     leaves = [rig.inter.issue(NAME), rig.inter.issue(NAME)]
