@@ -31,6 +31,7 @@ from pftls_hook import runner
 from pftls_hook.config import DEFAULT_CONFIG, Settings, load_settings
 from pftls_hook.deploy import Deployer, Outcome
 from pftls_hook.errors import CommandError, EnvironmentRefusedError, UsageError
+from pftls_hook.install import fsync_dir
 
 log = logging.getLogger("pftls-hook")
 
@@ -289,14 +290,6 @@ def _hooks_dir(settings: Settings) -> Path:
     return directory
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def register(settings: Settings, *, echo: Callable[[str], None] = print) -> str:
     path = hook_path(settings)
     script = hook_script(settings)
@@ -322,7 +315,7 @@ def register(settings: Settings, *, echo: Callable[[str], None] = print) -> str:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return f"{path}: registered"
 
 
@@ -334,7 +327,7 @@ def unregister(settings: Settings, *, echo: Callable[[str], None] = print) -> st
         echo(f"would remove {path}")
         return "dry run: nothing changed"
     path.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return f"{path}: removed"
 
 

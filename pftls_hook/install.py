@@ -54,7 +54,8 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable: without it a crash may bring back the old name."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -169,7 +170,7 @@ class InstallDir:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def install(self, name: str, bundle: VerifiedBundle, *, chain_files: bool) -> Installed:
         try:
@@ -201,7 +202,7 @@ class InstallDir:
             else:
                 current.unlink(missing_ok=True)
             new.unlink(missing_ok=True)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
 
         try:
             self._write_new(new, bundle.combined_pem(), 0o600)
@@ -231,12 +232,12 @@ class InstallDir:
         def undo() -> None:
             key.unlink(missing_ok=True)
             crt.unlink(missing_ok=True)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
 
         try:
             self._write_new(key, bundle.key_pem, 0o600)
             self._write_new(crt, bundle.fullchain_pem, 0o644)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         except BaseException:
             # A key without its certificate is no use to anyone: remove both.
             with contextlib.suppress(OSError):
