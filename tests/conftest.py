@@ -128,5 +128,5 @@ def postfix(make_postfix: MakePostfix) -> PostfixInstance:
 
 @pytest.fixture
 def certbot(tmp_path: Path, pebble: Pebble) -> Certbot:
-    """certbot with its own config/work/logs dirs in tmp_path, talking to the session pebble."""
+    """certbot with its own config, work and logs dirs in tmp_path, using the session pebble."""
     return Certbot(tmp_path / "certbot", pebble)

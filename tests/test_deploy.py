@@ -15,7 +15,6 @@ import os
 import re
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -30,10 +29,10 @@ from tests.support.fake_smtp import FakeSmtpServer
 from tests.support.net import wait_until
 from tests.support.pki import CA, CLIENT_AUTH, Leaf
 from tests.support.postfix import PostfixInstance, served_sha256, wait_for_served_sha256
+from tests.support.tool import run_cli
 
 HOST = "127.0.0.1"
 NAME = "mail.test.example"  # the lineage, and the instance's myhostname
-CLI_TIMEOUT = 60.0
 # A wrong certificate must be noticed quickly: the probe retries until this bound.
 PROBE_TIMEOUT = "2"
 
@@ -86,7 +85,6 @@ class Rig:
     ) -> subprocess.CompletedProcess[str]:
         """`python -m pftls_hook <global options> <args>` as a separate process."""
         argv = [
-            sys.executable, "-m", "pftls_hook",
             "--live-dir", str(self.live),
             "--postfix-config-dir", str(self.postfix.config_dir),
             "--install-dir", str(self.install_dir),
@@ -96,18 +94,7 @@ class Rig:
             *options,
             *args,
         ]  # fmt: skip
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("PFTLS_HOOK_")}
-        environ.pop("RENEWED_LINEAGE", None)
-        environ.update(env or {})
-        return subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            env=environ,
-            timeout=CLI_TIMEOUT,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
+        return run_cli(argv, env)
 
     def lineage(
         self,

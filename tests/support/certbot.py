@@ -21,7 +21,7 @@ class CertbotError(RuntimeError):
 
 
 class Certbot:
-    """Runs `certbot` with config/work/logs dirs under `base`, against `pebble`."""
+    """Runs `certbot` with config, work and logs dirs under `base`, against `pebble`."""
 
     def __init__(self, base: Path, pebble: Pebble) -> None:
         self.base: Path = base.resolve()

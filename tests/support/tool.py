@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,18 +61,7 @@ class Tool:
     def run(
         self, *args: str, env: Mapping[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("PFTLS_HOOK_")}
-        environ.pop("RENEWED_LINEAGE", None)
-        environ.update(env or {})
-        return subprocess.run(
-            [sys.executable, "-m", "pftls_hook", *self.options(), *args],
-            capture_output=True,
-            text=True,
-            env=environ,
-            timeout=CLI_TIMEOUT,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
+        return run_cli([*self.options(), *args], env)
 
     def lineage(self, leaf: Leaf, version: int = 1, name: str = NAME) -> None:
         """Version `version` of lineage `name` holds `leaf`, and the live links point at it
@@ -99,3 +88,22 @@ def assert_exit(result: subprocess.CompletedProcess[str], code: int) -> None:
         f"stderr:\n{result.stderr}"
     )
     assert_clean_log(result)
+
+
+def run_cli(
+    argv: Sequence[str], env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m pftls_hook ARGV` as certbot or an admin runs it: our own PFTLS_HOOK_*
+    settings and any RENEWED_LINEAGE of the test's environment kept out, `env` added."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PFTLS_HOOK_")}
+    environ.pop("RENEWED_LINEAGE", None)
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "pftls_hook", *argv],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=CLI_TIMEOUT,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
