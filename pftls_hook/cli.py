@@ -22,7 +22,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pftls_hook import certbot_ops, profile, status, watchstate
 from pftls_hook.config import Settings, load_settings
 from pftls_hook.deploy import Deployer
 from pftls_hook.errors import (
@@ -35,6 +34,7 @@ from pftls_hook.errors import (
     UsageError,
 )
 from pftls_hook.lineage import renewed_lineage
+from pftls_hook.setup import AUTHENTICATORS, CLIENT_LEVELS
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 EXIT_ROLLED_BACK, EXIT_ROLLBACK_FAILED, EXIT_CANNOT = 4, 5, 6
@@ -162,7 +162,7 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
         return _deploy_hook(settings)
     if ns.command == "watch":
         # Imported here: only the daemon needs watchdog; the deploy hook starts lean.
-        from pftls_hook import watch  # noqa: PLC0415
+        from pftls_hook.daemon import watch  # noqa: PLC0415
 
         watch.run(settings, reload_settings=lambda: _settings(ns))
         return EXIT_OK
@@ -184,6 +184,9 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
         print(f"{name}: version {snapshot.version} deployable, leaf sha256 {bundle.leaf_sha256}")
         return EXIT_OK
     if ns.command == "status":
+        from pftls_hook import status  # noqa: PLC0415
+        from pftls_hook.daemon import state as watchstate  # noqa: PLC0415
+
         report = status.collect(deployer)
         report["watch"] = watchstate.read(watchstate.state_file(settings))
         text = "\n".join([status.render(report), *watchstate.render(report["watch"])])
@@ -204,14 +207,14 @@ _CHECK_EXIT = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
 
 def _add_setup_commands(sub: Any, after: argparse.ArgumentParser) -> None:
     configure = sub.add_parser("configure", parents=[after], help="apply the TLS profile")
-    configure.add_argument("--client-security-level", choices=profile.CLIENT_LEVELS, default="may")
+    configure.add_argument("--client-security-level", choices=CLIENT_LEVELS, default="may")
     # --ca-file is the global option (the trust anchors deploy verifies with): one bundle
     # for both; --ca-path is configure's alternative, a hashed CA directory.
     configure.add_argument("--ca-path", metavar="DIR")
     obtain = sub.add_parser("obtain", parents=[after], help="certbot certonly, then deploy")
     obtain.add_argument("-d", "--domain", metavar="NAME", action="append", required=True)
     obtain.add_argument("-m", "--email", metavar="ADDR", required=True)
-    obtain.add_argument("--authenticator", choices=certbot_ops.AUTHENTICATORS, default="dns-ovh")
+    obtain.add_argument("--authenticator", choices=AUTHENTICATORS, default="dns-ovh")
     obtain.add_argument("--dns-ovh-credentials", metavar="FILE")
     obtain.add_argument("--propagation-seconds", metavar="N", type=int, default=60)
     obtain.add_argument("--server", metavar="URL")
@@ -222,6 +225,10 @@ def _add_setup_commands(sub: Any, after: argparse.ArgumentParser) -> None:
 
 
 def _setup_command(ns: argparse.Namespace, settings: Settings) -> int:
+    # Imported here: the deploy hook, run inside every certbot renewal, never loads them.
+    from pftls_hook.setup import configure as profile  # noqa: PLC0415
+    from pftls_hook.setup import obtain as certbot_ops  # noqa: PLC0415
+
     if ns.command == "configure":
         if ns.ca_path and ns.ca_file is not None:
             raise UsageError("configure: give --ca-file or --ca-path, not both")
@@ -257,6 +264,8 @@ def _setup_command(ns: argparse.Namespace, settings: Settings) -> int:
 
 def _status_check(ns: argparse.Namespace) -> int:
     """status --check: one line on stdout, and exit 0-3 whatever happens."""
+    from pftls_hook import status  # noqa: PLC0415
+
     try:
         report = status.collect(Deployer(_settings(ns)))
         state, line = status.check(

@@ -22,7 +22,7 @@ import pytest
 from cryptography import x509
 
 from pftls_hook.postfix import Override, PostfixState, Service
-from pftls_hook.profile import ENCRYPT_WARNING, Request, plan
+from pftls_hook.setup.configure import ENCRYPT_WARNING, Request, plan
 from tests.conftest import MakePostfix
 from tests.support.net import wait_until
 from tests.support.pki import CA

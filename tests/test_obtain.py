@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from pftls_hook.certbot_ops import certbot_command
+from pftls_hook.setup.obtain import certbot_command
 from tests.conftest import MakePostfix
 from tests.support.certbot import CERTBOT, Certbot
 from tests.support.net import LOOPBACK

@@ -31,8 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from watchdog.events import FileCreatedEvent, FileDeletedEvent, FileMovedEvent
 
-from pftls_hook.notify import Notifier
-from pftls_hook.watch import Inbox, LineageEvents, OverflowAlarm
+from pftls_hook.daemon.notify import Notifier
+from pftls_hook.daemon.watch import Inbox, LineageEvents, OverflowAlarm
 from tests.support import lineage as fake
 from tests.support.certbot import Certbot
 from tests.support.daemon import NotifySocket, WatchProcess
@@ -516,7 +516,7 @@ def test_deploy_path_does_not_import_watchdog() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
-    assert out.strip() == "['pftls_hook.watchstate']"
+    assert out.strip() == "[]"
 
 
 # ------------------------------------------------------------------ real certbot

@@ -61,12 +61,12 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from pftls_hook import watchstate
 from pftls_hook.config import Settings
+from pftls_hook.daemon import state as watchstate
+from pftls_hook.daemon.notify import Notifier
 from pftls_hook.deploy import Deployer, Outcome
 from pftls_hook.errors import NotSettledError, PftlsError, RefusedError
 from pftls_hook.lineage import list_lineages, read_lineage
-from pftls_hook.notify import Notifier
 
 log = logging.getLogger("pftls-hook")
 

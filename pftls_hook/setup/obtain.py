@@ -32,10 +32,10 @@ from pftls_hook.config import DEFAULT_CONFIG, Settings, load_settings
 from pftls_hook.deploy import Deployer, Outcome
 from pftls_hook.errors import CommandError, EnvironmentRefusedError, UsageError
 from pftls_hook.install import fsync_dir
+from pftls_hook.setup import AUTHENTICATORS
 
 log = logging.getLogger("pftls-hook")
 
-AUTHENTICATORS = ("dns-ovh", "standalone", "webroot")
 HOOK_FILE = "pftls-hook"
 MARKER = "# pftls-hook register: managed file, `pftls-hook unregister` removes it"
 # The caller's variables certbot may need, passed through by name: a private ACME server's

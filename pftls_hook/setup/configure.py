@@ -43,11 +43,11 @@ from pftls_hook.errors import (
 )
 from pftls_hook.lock import deploy_lock
 from pftls_hook.postfix import Postfix, PostfixState
+from pftls_hook.setup import CLIENT_LEVELS
 from pftls_hook.verify import dns_names, leaf_sha256, load_anchors
 
 log = logging.getLogger("pftls-hook")
 
-CLIENT_LEVELS = ("may", "encrypt")
 # The levels this profile sets or replaces, weakest first. Every other level (dane,
 # dane-only, fingerprint, verify, secure) authenticates the peer: stricter than the profile,
 # or a policy of another kind, so it is never replaced.

@@ -1,0 +1,1 @@
+"""The watch daemon: inotify on the live dir, its state file, sd_notify."""
