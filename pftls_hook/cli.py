@@ -12,7 +12,6 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -23,12 +22,13 @@ from types import FrameType
 from typing import Any
 
 from pftls_hook.config import Settings, load_settings
-from pftls_hook.deploy import Deployer
+from pftls_hook.deploy import Deployer, Outcome
 from pftls_hook.errors import (
     CommandError,
     DeployFailedError,
     EnvironmentRefusedError,
     PftlsError,
+    ProbeError,
     RefusedError,
     RollbackFailedError,
     UsageError,
@@ -45,30 +45,50 @@ _EXIT_CODES: tuple[tuple[type[PftlsError], int], ...] = (
     (RollbackFailedError, EXIT_ROLLBACK_FAILED),
     (EnvironmentRefusedError, EXIT_CANNOT),
     (CommandError, EXIT_CANNOT),
+    # Only outside a rollback (which turns it into a DeployFailedError): a reload of files
+    # already installed did not make Postfix serve them. Nothing of ours changed.
+    (ProbeError, EXIT_CANNOT),
 )
 log = logging.getLogger("pftls-hook")
+
+
+# Global options: (flags, keyword arguments, help). Defaults live in config.Settings alone.
+_GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any], str], ...] = (
+    (("--config",), {"metavar": "FILE"}, "TOML config file (default /etc/pftls-hook/config.toml)"),
+    (("--live-dir",), {"metavar": "DIR"}, "certbot's live dir (default /etc/letsencrypt/live)"),
+    (("--postfix-config-dir",), {"metavar": "DIR"}, "Postfix instance (default /etc/postfix)"),
+    (("--install-dir",), {"metavar": "DIR"}, "where keys and chains go (default /etc/postfix/tls)"),
+    (("--ca-file",), {"metavar": "FILE"},
+     "trust anchors the chain must lead to (default the system bundle)"),
+    (("--lock-file",), {"metavar": "FILE"},
+     "lock shared by every entry point (default /run/pftls-hook/deploy.lock)"),
+    (("--hostname",), {"metavar": "NAME", "action": "append"},
+     "a name the certificate must cover (repeatable; default Postfix's myhostname)"),
+    (("--probe",), {"metavar": "HOST:PORT", "action": "append"},
+     "prove here instead of master.cf's TLS services (repeatable; /tls for port 465)"),
+    (("--no-probe",), {"action": "store_const", "const": True},
+     "do not prove over STARTTLS (the deploy is then unproven)"),
+    (("--probe-timeout",), {"metavar": "SECONDS"},
+     "how long Postfix has to serve the new certificate (default 10)"),
+    (("--layout",), {"choices": ("combined", "separate")},
+     "combined: one file, key then chain (default); separate: .key and .crt"),
+    (("--min-days",), {"metavar": "N"}, "refuse a certificate with fewer days left (default 1)"),
+    (("--debounce",), {"metavar": "SECONDS"},
+     "watch: wait this long for a lineage that never settles (default 0.5)"),
+    (("--reconcile-interval",), {"metavar": "SECONDS"},
+     "watch: look at every lineage this often (default 600)"),
+    (("--dry-run",), {"action": "store_const", "const": True},
+     "say what would change; change nothing"),
+    (("-v", "--verbose"), {"action": "count"}, "more detail (-v); tracebacks of internal errors"),
+    (("-q", "--quiet"), {"action": "store_const", "const": True}, "warnings and errors only"),
+)  # fmt: skip
 
 
 def _common(default: Any) -> argparse.ArgumentParser:
     """Global options, accepted before the command and after it."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--config", metavar="FILE", default=default)
-    p.add_argument("--live-dir", metavar="DIR", default=default)
-    p.add_argument("--postfix-config-dir", metavar="DIR", default=default)
-    p.add_argument("--install-dir", metavar="DIR", default=default)
-    p.add_argument("--ca-file", metavar="FILE", default=default)
-    p.add_argument("--lock-file", metavar="FILE", default=default)
-    p.add_argument("--hostname", metavar="NAME", action="append", default=default)
-    p.add_argument("--probe", metavar="HOST:PORT", action="append", default=default)
-    p.add_argument("--no-probe", action="store_const", const=True, default=default)
-    p.add_argument("--probe-timeout", metavar="SECONDS", default=default)
-    p.add_argument("--layout", choices=("combined", "separate"), default=default)
-    p.add_argument("--min-days", metavar="N", default=default)
-    p.add_argument("--debounce", metavar="SECONDS", default=default)
-    p.add_argument("--reconcile-interval", metavar="SECONDS", default=default)
-    p.add_argument("--dry-run", action="store_const", const=True, default=default)
-    p.add_argument("-v", "--verbose", action="count", default=default)
-    p.add_argument("-q", "--quiet", action="store_const", const=True, default=default)
+    for flags, kwargs, text in _GLOBAL_OPTIONS:
+        p.add_argument(*flags, default=default, help=text, **kwargs)
     return p
 
 
@@ -84,14 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
         "deploy-hook", parents=[after], help="certbot --deploy-hook: deploy $RENEWED_LINEAGE"
     )
     install = sub.add_parser("install", parents=[after], help="verify and deploy now")
-    install.add_argument("name", nargs="?", metavar="NAME")
+    lineage_help = "certbot lineage name (default: the one selected for Postfix)"
+    install.add_argument("name", nargs="?", metavar="NAME", help=lineage_help)
     verify = sub.add_parser("verify", parents=[after], help="run every check, change nothing")
-    verify.add_argument("name", nargs="?", metavar="NAME")
+    verify.add_argument("name", nargs="?", metavar="NAME", help=lineage_help)
     status = sub.add_parser("status", parents=[after], help="live, installed, served")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="the report as JSON")
     status.add_argument("--check", action="store_true", help="monitoring plugin: exit 0-3")
-    status.add_argument("--warning-days", metavar="N", type=int, default=21)
-    status.add_argument("--critical-days", metavar="N", type=int, default=7)
+    status.add_argument("--warning-days", metavar="N", type=int, default=21,
+                        help="--check: WARNING under N days left (default 21)")  # fmt: skip
+    status.add_argument("--critical-days", metavar="N", type=int, default=7,
+                        help="--check: CRITICAL under N days left (default 7)")  # fmt: skip
     sub.add_parser("rollback", parents=[after], help="restore the previous version")
     _add_setup_commands(sub, after)
     sub.add_parser(
@@ -130,36 +153,38 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def _deploy_hook(settings: Settings) -> int:
+def _deploy_hook(settings: Settings) -> Outcome:
     lineage = os.environ.get("RENEWED_LINEAGE", "")
     if not lineage:
         raise UsageError("deploy-hook: RENEWED_LINEAGE is not set (run it from certbot)")
     # Only a lineage directly under our live dir: certbot's own layout, nothing else.
     name = renewed_lineage(lineage, settings.live_dir)
-    deployer = Deployer(settings)
-    hostnames = settings.hostnames or (deployer.postfix.state().myhostname,)
-    chosen, why = "", ""
-    try:
-        chosen = deployer.choose(hostnames)
-    except RefusedError as exc:
-        why = exc.reason
-    if chosen and name != chosen:
-        log.info("%s renewed, but Postfix uses %s: skipped", name, chosen)
-        return EXIT_OK
-    # No lineage qualifies. If the renewed one is what Postfix already uses (or is configured
-    # for it), its renewal broke it: deploy it anyway, so the refusal reaches certbot's log
-    # instead of a silent "skip". Any other lineage (a website's) is none of our business.
-    ours = name in settings.lineages or deployer.install_dir.current_path(name).exists()
-    if not chosen and not ours:
-        log.info("%s renewed, not selected for Postfix (%s): skipped", name, why)
-        return EXIT_OK
-    deployer.deploy(name)
-    return EXIT_OK
+    return Deployer(settings).deploy(name, only_if_ours=True)
+
+
+def _render(outcome: Outcome) -> None:
+    """One line per outcome on stderr (certbot's log keeps it); a plan on stdout."""
+    for line in outcome.detail if outcome.action == "dry-run" else ():
+        print(line)
+    if outcome.action == "skipped":
+        log.info("%s renewed, not selected for Postfix (%s): skipped", outcome.lineage,
+                 "; ".join(outcome.detail))  # fmt: skip
+    elif outcome.action in ("deployed", "reloaded", "rolled-back") and not outcome.proven_on:
+        log.warning(
+            "%s: %s, but NOT proven: no TLS endpoint to probe (no smtpd service with TLS "
+            "in master.cf, or --no-probe). Enable TLS with `pftls-hook configure`, or name "
+            "an endpoint with --probe HOST:PORT",
+            outcome.lineage,
+            outcome.action,
+        )
+    else:
+        log.info("%s", outcome)
 
 
 def _run(ns: argparse.Namespace, settings: Settings) -> int:
     if ns.command == "deploy-hook":
-        return _deploy_hook(settings)
+        _render(_deploy_hook(settings))
+        return EXIT_OK
     if ns.command == "watch":
         # Imported here: only the daemon needs watchdog; the deploy hook starts lean.
         from pftls_hook.daemon import watch  # noqa: PLC0415
@@ -168,32 +193,27 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     deployer = Deployer(settings)
     if ns.command == "install":
-        if ns.name:
-            name = ns.name
-        else:
-            name = deployer.choose(settings.hostnames or (deployer.postfix.state().myhostname,))
-        deployer.deploy(name)
+        _render(deployer.deploy(ns.name))
         return EXIT_OK
     if ns.command == "verify":
         ctx = deployer.context()
-        name = ns.name or deployer.choose(ctx.hostnames)
-        snapshot, bundle = deployer.read_and_verify(name, ctx)
+        snapshot, bundle = deployer.read_and_verify(ns.name, ctx)
         deployer.install_dir.check()
-        for warning in (*ctx.notes, *bundle.warnings):
-            log.warning("%s", warning)
-        print(f"{name}: version {snapshot.version} deployable, leaf sha256 {bundle.leaf_sha256}")
+        for note in ctx.notes:
+            log.warning("%s", note)
+        print(
+            f"{snapshot.name}: version {snapshot.version} deployable, "
+            f"leaf sha256 {bundle.leaf_sha256}"
+        )
         return EXIT_OK
     if ns.command == "status":
         from pftls_hook import status  # noqa: PLC0415
-        from pftls_hook.daemon import state as watchstate  # noqa: PLC0415
 
         report = status.collect(deployer)
-        report["watch"] = watchstate.read(watchstate.state_file(settings))
-        text = "\n".join([status.render(report), *watchstate.render(report["watch"])])
-        print(json.dumps(report, indent=2) if ns.json else text)
+        print(status.to_json(report) if ns.json else status.render(report))
         return EXIT_OK
     if ns.command == "rollback":
-        log.info("%s", deployer.rollback())
+        _render(deployer.rollback())
         return EXIT_OK
     raise UsageError(f"unknown command {ns.command}")
 
@@ -207,10 +227,17 @@ _CHECK_EXIT = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
 
 def _add_setup_commands(sub: Any, after: argparse.ArgumentParser) -> None:
     configure = sub.add_parser("configure", parents=[after], help="apply the TLS profile")
-    configure.add_argument("--client-security-level", choices=CLIENT_LEVELS, default="may")
+    configure.add_argument(
+        "--client-security-level",
+        choices=CLIENT_LEVELS,
+        default="may",
+        help="outgoing TLS: may (default) or encrypt (bounces without TLS)",
+    )
     # --ca-file is the global option (the trust anchors deploy verifies with): one bundle
     # for both; --ca-path is configure's alternative, a hashed CA directory.
-    configure.add_argument("--ca-path", metavar="DIR")
+    configure.add_argument(
+        "--ca-path", metavar="DIR", help="a hashed CA directory instead of --ca-file"
+    )
     obtain = sub.add_parser("obtain", parents=[after], help="certbot certonly, then deploy")
     obtain.add_argument("-d", "--domain", metavar="NAME", action="append", required=True)
     obtain.add_argument("-m", "--email", metavar="ADDR", required=True)

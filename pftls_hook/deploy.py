@@ -1,23 +1,24 @@
 """The deploy routine shared by every entry point; the only module that knows the order.
 
-lineage -> verify -> install -> point main.cf -> postfix check -> reload -> probe ->
-commit (prune) or roll back.
+Under the lock: read Postfix's state once -> select -> read the lineage -> verify -> install
+-> point main.cf -> (postfix check) -> reload -> prove -> commit (prune), or undo it all.
 
 Contract: `Deployer(settings).deploy(name)` returns an `Outcome` or raises a `PftlsError`:
 `RefusedError` before anything changed; `DeployFailedError` when the switch was undone and
 the previous certificate is served again; `RollbackFailedError` when even that failed.
-Under the deploy lock, deploying what is already installed and served is a no-op: no file
-write, no main.cf write, no reload.
+`deploy(None)` deploys the selected lineage; `deploy(name, only_if_ours=True)` (the deploy
+hook, the daemon) skips a lineage that Postfix does not serve. Deploying what is already
+installed and served is a no-op: two postconf calls, one probe, no write, no reload. The
+core does not print: outcomes and plans are data, rendered by the CLI.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,34 +30,31 @@ from pftls_hook.errors import (
     CommandError,
     DeployFailedError,
     EnvironmentRefusedError,
-    NotSettledError,
     PftlsError,
+    ProbeError,
     RefusedError,
     RollbackFailedError,
 )
-from pftls_hook.install import InstallDir, Installed
-from pftls_hook.lineage import LineageSnapshot, list_lineages, read_lineage
+from pftls_hook.install import Installed, install_dir
+from pftls_hook.lineage import LineageSnapshot, read_lineage
 from pftls_hook.lock import deploy_lock
-from pftls_hook.postfix import Postfix, PostfixState, pointing
-from pftls_hook.verify import (
-    SourceFiles,
-    VerifiedBundle,
-    covers,
-    load_anchors,
-    parse_certificates,
-    split_pem,
-    verify_bundle,
-)
+from pftls_hook.postfix import Postfix, PostfixState
+from pftls_hook.select import Selection, choose
+from pftls_hook.verify import SourceFiles, VerifiedBundle, load_anchors, verify_bundle
 
 log = logging.getLogger("pftls-hook")
 Clock = Callable[[], datetime]
 
 
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
     """Hold SIGTERM, SIGINT and SIGHUP while files are switched: the exception a handler
-    raises then arrives once the rollback knows the switch, never between the rename and it
-    (DESIGN invariant 3). SIGKILL cannot be held; the file order covers that case."""
+    raises then arrives once the transaction knows the switch, never between the rename
+    and it (DESIGN invariant 3). SIGKILL cannot be held; the file order covers that case."""
     held = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
@@ -65,30 +63,91 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass(frozen=True)
 class Outcome:
     lineage: str
-    action: str  # deployed | unchanged | reloaded | installed-not-running | dry-run | skipped
+    # deployed | unchanged | reloaded | installed-not-running | rolled-back | dry-run | skipped
+    action: str
     leaf_sha256: str = ""
-    warnings: tuple[str, ...] = field(default=())
-
-    def __str__(self) -> str:
-        served = f" ({self.leaf_sha256[:16]}…)" if self.leaf_sha256 else ""
-        return f"{self.lineage}: {self.action}{served}"
+    warnings: tuple[str, ...] = ()
+    proven_on: tuple[str, ...] = ()  # endpoints shown to serve it; () = not proven
+    detail: tuple[str, ...] = field(default=())  # the plan (dry run) or why it was skipped
 
 
 @dataclass(frozen=True)
 class Context:
-    """What one deploy decides on, read once under the lock."""
+    """What one command decides on, read once (under the lock when it deploys)."""
 
     state: PostfixState
     hostnames: tuple[str, ...]
     endpoints: tuple[Endpoint, ...]
     notes: tuple[str, ...]
+    selection: Selection
+
+
+class Transaction:
+    """What a deploy (or configure) changed so far, and the one way to undo it: main.cf
+    values back as main.cf had them, then the files back."""
+
+    def __init__(self, postfix: Postfix) -> None:
+        self.postfix = postfix
+        self.installed: Installed | None = None
+        self.main_cf_before: dict[str, str] = {}
+        self.main_cf_names: list[str] = []
+
+    def switch(self, do: Callable[[], Installed]) -> Installed:
+        with _signals_held():
+            self.installed = do()
+        return self.installed  # a SIGTERM held meanwhile arrives here, where undo knows it
+
+    def set_main_cf(self, values: dict[str, str]) -> None:
+        if values:
+            self.main_cf_before = self.postfix.explicit(*values)
+            self.main_cf_names = list(values)
+            log.info("main.cf: %s", ", ".join(f"{k} = {v}" for k, v in values.items()))
+            self.postfix.set(values)
+
+    def undo(self) -> None:
+        if self.main_cf_names:
+            self.postfix.restore(self.main_cf_before, self.main_cf_names)
+        if self.installed is not None:
+            self.installed.undo()
+
+
+def roll_back(
+    txn: Transaction,
+    before: dict[Endpoint, str | None],
+    probe_timeout: float,
+    *,
+    reason: BaseException,
+    what: str = "deploy",
+) -> None:
+    """Undo `txn`, reload, and prove each endpoint serves what it served `before` (None:
+    any certificate). Raises `DeployFailedError` (for a `PftlsError`/`OSError` reason) or
+    `RollbackFailedError`; other exceptions (a signal's) continue once undone."""
+    log.error("%s failed: %s; rolling back", what, reason)
+    try:
+        txn.undo()
+        try:
+            running = txn.postfix.reload()
+        except CommandError as exc:
+            # Often the very failure being rolled back. The rollback still holds if every
+            # endpoint is proven to serve what it did before (smtpd picks the restored files
+            # up as it restarts); with nothing to prove it by, it fails.
+            if not before:
+                raise
+            log.warning("rollback: %s; probing for the previous certificate anyway", exc)
+            running = True
+        for endpoint, sha in before.items() if running else ():
+            probe.wait_for([endpoint], sha, timeout=probe_timeout)
+    except (PftlsError, OSError) as exc:
+        log.error("rollback failed: %s", exc)
+        raise RollbackFailedError(
+            f"{what} failed ({reason}) and rollback failed ({exc}): check Postfix now"
+        ) from None
+    log.error("rolled back: the previous state is in place and served again")
+    if isinstance(reason, PftlsError | OSError):
+        raise DeployFailedError(f"{what} failed and was rolled back: {reason}") from None
 
 
 class Deployer:
@@ -97,7 +156,7 @@ class Deployer:
     ) -> None:
         self.settings = settings
         self.postfix = postfix or Postfix(settings.postfix_config_dir)
-        self.install_dir = InstallDir(settings.install_dir, settings.layout)
+        self.install_dir = install_dir(settings.install_dir, settings.layout)
         self.clock = clock
 
     # -- reading --------------------------------------------------------------------------
@@ -108,16 +167,15 @@ class Deployer:
         for extra in ("smtpd_tls_eccert_file", "smtpd_tls_dcert_file"):
             if state.effective.get(extra) and not state.uses_chain_files:
                 notes.append(f"main.cf {extra} is set too: some clients may be served that one")
-        if self.settings.no_probe:
-            endpoints: list[Endpoint] = []
-        elif self.settings.probes:
-            endpoints = list(self.settings.probes)
-        else:
+        endpoints: list[Endpoint] = list(self.settings.probes)
+        if not endpoints and not self.settings.no_probe:
             endpoints, skipped = state.probe_endpoints()
             notes.extend(skipped)
-        return Context(state, tuple(hostnames), tuple(endpoints), tuple(notes))
+        installed = self.install_dir.lineage_of(state.pointed_files())
+        selection = choose(self.settings, hostnames, installed)
+        return Context(state, tuple(hostnames), tuple(endpoints), tuple(notes), selection)
 
-    def anchors(self) -> Sequence[object]:
+    def anchors(self) -> Sequence[x509.Certificate]:
         path = self.settings.ca_file
         try:
             data = path.read_bytes()
@@ -125,61 +183,38 @@ class Deployer:
             raise EnvironmentRefusedError(f"{path}: cannot read CA file: {exc.strerror}") from None
         return load_anchors(data, str(path))
 
-    def read_and_verify(self, name: str, ctx: Context) -> tuple[LineageSnapshot, VerifiedBundle]:
-        snapshot = read_lineage(
-            self.settings.live_dir / name, settle_timeout=self.settings.settle_timeout
-        )
-        bundle = verify_bundle(
-            snapshot.files,
-            anchors=self.anchors(),  # type: ignore[arg-type]
+    def verify(self, files: SourceFiles, ctx: Context) -> VerifiedBundle:
+        return verify_bundle(
+            files,
+            anchors=self.anchors(),
             hostnames=ctx.hostnames,
             now=self.clock(),
             min_days=self.settings.min_days,
         )
+
+    def read_and_verify(
+        self, name: str | None, ctx: Context
+    ) -> tuple[LineageSnapshot, VerifiedBundle]:
+        name = name or self.selected(ctx)
+        snapshot = read_lineage(
+            self.settings.live_dir / name, settle_timeout=self.settings.settle_timeout
+        )
+        bundle = self.verify(snapshot.files, ctx)
+        for warning in bundle.warnings:
+            log.warning("%s: %s", name, warning)
+        log.info(
+            "%s: version %d verified, leaf %s…, expires %s",
+            name,
+            snapshot.version,
+            bundle.leaf_sha256[:16],
+            f"{bundle.not_after:%Y-%m-%d}",
+        )
         return snapshot, bundle
 
-    def selected(self, hostnames: Sequence[str]) -> list[tuple[str, x509.Certificate]]:
-        """The lineages Postfix may be given, with their leaf: the configured ones, or else
-        those whose certificate covers every required hostname."""
-        chosen = []
-        names = self.settings.lineages or tuple(list_lineages(self.settings.live_dir))
-        for name in names:
-            try:
-                snapshot = self._read_for_choice(name)
-                leaf = parse_certificates(snapshot.files.cert, "cert.pem")[0]
-            except RefusedError as exc:
-                log.info("%s: not considered now: %s", name, exc)
-                continue
-            if self.settings.lineages or all(covers(leaf, h) for h in hostnames):
-                chosen.append((name, leaf))
-        return chosen
-
-    def _read_for_choice(self, name: str) -> LineageSnapshot:
-        """A lineage certbot is re-pointing right now (an `install` started during a
-        renewal) is waited for, up to settle_timeout, as deploy() waits: choosing without
-        it could find no lineage at all (exit 3) or the wrong one. One left half-renewed
-        for longer than that (an interrupted certbot: its live dir, whose mtime every
-        re-pointed link bumps, is older) is skipped at once: waiting would not help."""
-        lineage_dir = self.settings.live_dir / name
-        try:
-            return read_lineage(lineage_dir, settle_timeout=0)
-        except NotSettledError as exc:
-            try:
-                age = self.clock().timestamp() - os.lstat(lineage_dir).st_mtime
-            except OSError:
-                raise exc from None  # gone meanwhile: skip it as unsettled
-            if age > self.settings.settle_timeout:
-                raise
-            return read_lineage(lineage_dir, settle_timeout=self.settings.settle_timeout)
-
-    def choose(self, hostnames: Sequence[str]) -> str:
-        """The one lineage to serve: Postfix has one certificate, and when several lineages
-        qualify the one valid longest wins (a stable choice the daemon will not flip)."""
-        candidates = self.selected(hostnames)
-        if not candidates:
-            wanted = ", ".join(self.settings.lineages or hostnames)
-            raise RefusedError(str(self.settings.live_dir), f"no lineage to deploy for {wanted}")
-        return max(candidates, key=lambda c: (c[1].not_valid_after_utc, c[0]))[0]
+    def selected(self, ctx: Context) -> str:
+        if ctx.selection.lineage is None:
+            raise RefusedError(str(self.settings.live_dir), ctx.selection.why_none)
+        return ctx.selection.lineage
 
     def served(self, endpoints: Sequence[Endpoint]) -> dict[Endpoint, str]:
         """What each endpoint serves now (one attempt each); unreachable ones are left out."""
@@ -187,252 +222,144 @@ class Deployer:
         for endpoint in endpoints:
             try:
                 seen[endpoint] = probe.served(endpoint, timeout=self.settings.probe_timeout)
-            except probe.ProbeError as exc:
+            except ProbeError as exc:
                 log.info("probe %s", exc)
         return seen
 
     # -- the routine ----------------------------------------------------------------------
-    def deploy(self, name: str) -> Outcome:
+    def deploy(self, name: str | None = None, *, only_if_ours: bool = False) -> Outcome:
         if self.settings.dry_run:
             return self._dry_run(name)
         with deploy_lock(self.settings.lock_file, self.settings.lock_timeout):
             ctx = self.context()
+            if name is not None and only_if_ours and not ctx.selection.ours(name):
+                serving = ctx.selection.lineage
+                why = f"Postfix uses {serving}" if serving else ctx.selection.why_none
+                return Outcome(name, "skipped", detail=(why,))
             for note in ctx.notes:
                 log.warning("%s", note)
             snapshot, bundle = self.read_and_verify(name, ctx)
-            for warning in bundle.warnings:
-                log.warning("%s: %s", name, warning)
-            log.info(
-                "%s: version %d verified, leaf %s…, expires %s",
-                name,
-                snapshot.version,
-                bundle.leaf_sha256[:16],
-                f"{bundle.not_after:%Y-%m-%d}",
-            )
             self.install_dir.check(create=True)
             self.install_dir.clean_temps()
-            return self._switch(name, bundle, ctx)
-
-    def _already_installed(self, name: str, bundle: VerifiedBundle, ctx: Context) -> bool:
-        """Do main.cf's managed values name files holding exactly these bytes?"""
-        files = ctx.state.pointed_files()
-        if self.settings.layout == "combined":
-            expected = [bundle.combined_pem()]
-            if files != [str(self.install_dir.current_path(name))]:
-                return False
-        else:
-            expected = [bundle.key_pem, bundle.fullchain_pem]
-            if any(not f.startswith(f"{self.install_dir.path}/{name}.") for f in files):
-                return False
-        try:
-            return [open(f, "rb").read() for f in files] == expected
-        except OSError:
-            return False
+            return self._switch(snapshot.name, bundle, ctx)
 
     def _switch(self, name: str, bundle: VerifiedBundle, ctx: Context) -> Outcome:
-        running = self.postfix.is_running()
-        endpoints = ctx.endpoints if running else ()
-        before = self.served(endpoints)
+        before = self.served(ctx.endpoints)
         expected = bundle.leaf_sha256
-
-        if self._already_installed(name, bundle, ctx):
-            if all(before.get(e) == expected for e in endpoints):
+        done = Outcome(name, "deployed", expected, bundle.warnings, tuple(map(str, ctx.endpoints)))
+        pointed = ctx.state.pointed_files()
+        if self.install_dir.holds(name, bundle, pointed):
+            if all(before.get(e) == expected for e in ctx.endpoints):
                 log.info("%s: already installed and served: nothing to do", name)
-                return Outcome(name, "unchanged", expected, bundle.warnings)
-            # Installed but not served: a reload was missed (or a killed run). Reload only.
-            self.postfix.reload()
-            self._prove(endpoints, expected)
-            return Outcome(name, "reloaded", expected, bundle.warnings)
+                return replace(done, action="unchanged")
+            # Installed but not served (a missed reload, a killed run), or nothing to probe
+            # by: reload only.
+            if not self.postfix.reload():
+                return self._not_running(done)
+            self._prove(ctx.endpoints, expected)
+            return replace(done, action="reloaded")
 
-        installed = self._apply(
-            lambda: self.install_dir.install(name, bundle, chain_files=ctx.state.uses_chain_files),
+        chain_files = ctx.state.uses_chain_files
+        installed, running = self._apply(
+            lambda: self.install_dir.install(name, bundle, chain_files=chain_files),
             ctx,
             expected,
-            running,
             before,
         )
         # Keep what was served before this deploy (for rollback) and the new files.
-        keep = {*installed.files, *map(Path, ctx.state.pointed_files())}
+        keep = {*installed.files, *map(Path, pointed)}
         if installed.previous is not None:
             keep.add(installed.previous)
         for removed in self.install_dir.prune(name, keep):
             log.info("%s: pruned %s", name, removed)
         if not running:
-            log.warning("Postfix is not running: installed, not reloaded or probed")
-            return Outcome(name, "installed-not-running", expected, bundle.warnings)
+            return self._not_running(done)
         log.info("%s: deployed; Postfix serves %s…", name, expected[:16])
-        return Outcome(name, "deployed", expected, bundle.warnings)
+        return done
+
+    @staticmethod
+    def _not_running(done: Outcome) -> Outcome:
+        log.warning("Postfix is not running: installed, not reloaded or probed")
+        return replace(done, action="installed-not-running", proven_on=())
 
     def _apply(
         self,
         switch: Callable[[], Installed],
         ctx: Context,
         expected: str,
-        running: bool,
         before: dict[Endpoint, str],
-    ) -> Installed:
-        """Switch the files in, point main.cf at them, check, reload, prove; or undo it all."""
-        installed: Installed | None = None
-        changed: dict[str, str] = {}
+    ) -> tuple[Installed, bool]:
+        """Switch the files in, point main.cf at them, check, reload, prove; or undo it all.
+        Returns what was installed and whether Postfix was running (reloaded and probed)."""
+        txn = Transaction(self.postfix)
+        installed = txn.switch(switch)
         try:
-            with _signals_held():
-                installed = switch()
-            # A SIGTERM held during the switch arrives here, where the rollback knows it.
             log.info("switched in %s", ", ".join(str(f) for f in installed.files))
             changed = {
                 k: v for k, v in installed.params.items() if ctx.state.effective.get(k, "") != v
             }
+            txn.set_main_cf(changed)
             if changed:
-                log.info("main.cf: %s", ", ".join(f"{k} = {v}" for k, v in changed.items()))
-                self.postfix.set(changed)
                 # Only a main.cf change can break Postfix's configuration; a routine renewal
                 # (same file name, new bytes already verified) skips the 0.15 s check.
                 self.postfix.check()
-            if running:
-                self.postfix.reload()
-                self._prove(ctx.endpoints, expected)
+            if not self.postfix.reload():
+                return installed, False
+            self._prove(ctx.endpoints, expected)
         except BaseException as exc:
-            if installed is None:
-                raise  # nothing was switched: the switch undoes its own partial work
             # Every exit path, a signal included, puts the previous state back.
-            self._roll_back(installed, changed, ctx, running, before, reason=exc)
-            raise  # _roll_back raised for PftlsError; other exceptions continue as they were
-        return installed
+            roll_back(txn, dict(before), self.settings.probe_timeout, reason=exc)
+            raise  # roll_back raised for PftlsError; other exceptions continue as they were
+        return installed, True
 
     def _prove(self, endpoints: Sequence[Endpoint], expected: str) -> None:
         if endpoints:
             probe.wait_for(endpoints, expected, timeout=self.settings.probe_timeout)
             log.info("probe: %s serve the new certificate", ", ".join(map(str, endpoints)))
 
-    def _roll_back(
-        self,
-        installed: Installed,
-        changed: dict[str, str],
-        ctx: Context,
-        running: bool,
-        before: dict[Endpoint, str],
-        *,
-        reason: BaseException,
-    ) -> None:
-        log.error("deploy failed: %s; rolling back", reason)
-        try:
-            installed.undo()
-            if changed:
-                self.postfix.restore(ctx.state.explicit, list(changed))
-            if running:
-                self._reload_for_rollback(before)
-                for endpoint, sha in before.items():
-                    probe.wait_for([endpoint], sha, timeout=self.settings.probe_timeout)
-        except (PftlsError, OSError) as exc:
-            log.error("rollback failed: %s", exc)
-            raise RollbackFailedError(
-                f"deploy failed ({reason}) and rollback failed ({exc}): check Postfix now"
-            ) from None
-        log.error("rolled back: the previous certificate is in place and served again")
-        if isinstance(reason, PftlsError | OSError):
-            raise DeployFailedError(f"deploy failed and was rolled back: {reason}") from None
-
-    def _reload_for_rollback(self, before: dict[Endpoint, str]) -> None:
-        """Reload after the files and main.cf are back. When the reload fails (often the
-        very failure being rolled back: `postfix reload` fails again), the rollback still
-        holds if every endpoint is proven to serve what it served before; smtpd processes
-        pick the restored files up as they restart. With nothing to prove it by, it fails."""
-        try:
-            self.postfix.reload()
-        except CommandError as exc:
-            if not before:
-                raise
-            log.warning("rollback: %s; probing for the previous certificate anyway", exc)
-
     def rollback(self) -> Outcome:
         """Switch back to the version installed before the current one, verified again."""
         with deploy_lock(self.settings.lock_file, self.settings.lock_timeout):
             ctx = self.context()
             self.install_dir.check()
-            name, switch, files = self._previous(ctx)
-            bundle = verify_bundle(
-                files,
-                anchors=self.anchors(),  # type: ignore[arg-type]
-                hostnames=ctx.hostnames,
-                now=self.clock(),
-                min_days=self.settings.min_days,
+            pointed = ctx.state.pointed_files()
+            name = self.install_dir.lineage_of(pointed)
+            if name is None:
+                raise EnvironmentRefusedError(
+                    "main.cf does not point into the install dir: nothing to roll back"
+                )
+            files, switch = self.install_dir.previous(
+                name, pointed, chain_files=ctx.state.uses_chain_files
             )
-            running = self.postfix.is_running()
-            before = self.served(ctx.endpoints if running else ())
-            installed = self._apply(switch, ctx, bundle.leaf_sha256, running, before)
-            log.info("%s: rolled back to %s", name, installed.files[0])
-            return Outcome(name, "rolled-back", bundle.leaf_sha256, bundle.warnings)
+            bundle = self.verify(files, ctx)
+            before = self.served(ctx.endpoints)
+            _, running = self._apply(switch, ctx, bundle.leaf_sha256, before)
+            log.info("%s: rolled back", name)
+            proven = tuple(map(str, ctx.endpoints)) if running else ()
+            return Outcome(name, "rolled-back", bundle.leaf_sha256, bundle.warnings, proven)
 
-    def _previous(self, ctx: Context) -> tuple[str, Callable[[], Installed], SourceFiles]:
-        """The version before the one main.cf points at: its files, to verify first, and
-        the switch to it, for `_apply` to run."""
-        pointed = ctx.state.pointed_files()
-        ours = [Path(p) for p in pointed if Path(p).parent == self.install_dir.path]
-        if len(ours) != len(pointed):
-            raise EnvironmentRefusedError(
-                "main.cf does not point into the install dir: nothing to roll back"
-            )
-        directory = self.install_dir
-        if self.settings.layout == "combined":
-            name = ours[0].name.removesuffix(".pem")
-            current = directory.current_version(name)
-            older = [v for v in directory.versions(name) if v != current]
-            if not older:
-                raise EnvironmentRefusedError(f"{name}: no previous version to roll back to")
-            target = older[-1]
-            data = target.read_bytes()
-            path = str(directory.current_path(name))
-            params = pointing(path, path, chain_files=ctx.state.uses_chain_files)
-
-            def switch() -> Installed:
-                return Installed(params, directory.switch_to(name, target), (target,))
-
-            return name, switch, split_pem(data, data)
-        # `<name>.<stamp>.key`: lineage names hold dots (mail.example.com), the stamp none.
-        name = ours[0].name.rsplit(".", 2)[0]
-        stems = [p.name.removesuffix(".crt") for p in directory.versions(name, ".crt")]
-        older_stems = [
-            st
-            for st in stems
-            if (directory.path / f"{st}.key").exists() and directory.path / f"{st}.crt" not in ours
-        ]
-        if not older_stems:
-            raise EnvironmentRefusedError(f"{name}: no previous version to roll back to")
-        key, crt = (directory.path / f"{older_stems[-1]}{s}" for s in (".key", ".crt"))
-        params = pointing(str(key), str(crt), chain_files=ctx.state.uses_chain_files)
-        files = split_pem(key.read_bytes(), crt.read_bytes())
-        # Both files exist already; main.cf (set by _apply) is the switch, undone by restore.
-        return name, lambda: Installed(params, lambda: None, (crt, key)), files
-
-    def _dry_run(self, name: str) -> Outcome:
+    def _dry_run(self, name: str | None) -> Outcome:
         ctx = self.context()
         for note in ctx.notes:
             log.warning("%s", note)
         snapshot, bundle = self.read_and_verify(name, ctx)
+        name = snapshot.name
         self.install_dir.check(create=False)
-        if self._already_installed(name, bundle, ctx):
-            print(f"{name}: version {snapshot.version} is already installed")
-            return Outcome(name, "dry-run", bundle.leaf_sha256, bundle.warnings)
-        if self.settings.layout == "combined":
-            files = [f"{self.install_dir.path}/{name}.<stamp>.pem (0600, key + full chain)"]
-            target = str(self.install_dir.current_path(name))
-            params = pointing(target, target, chain_files=ctx.state.uses_chain_files)
-            files.append(f"{target} -> the new version (hard link, renamed into place)")
+        if self.install_dir.holds(name, bundle, ctx.state.pointed_files()):
+            plan = [f"{name}: version {snapshot.version} is already installed"]
         else:
-            key = f"{self.install_dir.path}/{name}.<stamp>.key"
-            crt = f"{self.install_dir.path}/{name}.<stamp>.crt"
-            files = [f"{key} (0600)", f"{crt} (0644, full chain)"]
-            params = pointing(key, crt, chain_files=ctx.state.uses_chain_files)
-        for line in files:
-            print(f"would write {line}")
-        for key_name, value in params.items():
-            if ctx.state.effective.get(key_name, "") != value:
-                print(f"would run postconf -e '{key_name} = {value}'")
-        print(
-            "would run postfix check (if main.cf changes), postfix reload, and probe "
-            + (", ".join(map(str, ctx.endpoints)) or "nothing")
-        )
-        return Outcome(name, "dry-run", bundle.leaf_sha256, bundle.warnings)
+            files, params = self.install_dir.plan(name, chain_files=ctx.state.uses_chain_files)
+            plan = [f"would write {line}" for line in files]
+            plan += [
+                f"would run postconf -e '{k} = {v}'"
+                for k, v in params.items()
+                if ctx.state.effective.get(k, "") != v
+            ]
+            plan.append(
+                "would run postfix check (if main.cf changes), postfix reload, and probe "
+                + (", ".join(map(str, ctx.endpoints)) or "nothing")
+            )
+        return Outcome(name, "dry-run", bundle.leaf_sha256, bundle.warnings, detail=tuple(plan))
 
 
-__all__ = ["Deployer", "Outcome", "utcnow"]
+__all__ = ["Context", "Deployer", "Outcome", "Transaction", "roll_back", "utcnow"]

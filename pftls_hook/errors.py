@@ -43,3 +43,12 @@ class DeployFailedError(PftlsError):
 
 class RollbackFailedError(PftlsError):
     """A deploy failed and restoring the previous state failed too: needs an admin."""
+
+
+class ProbeError(PftlsError):
+    """An endpoint did not serve a certificate we could read, or not the expected one."""
+
+
+class TlsBrokenError(ProbeError):
+    """Postfix answered, but TLS is broken there: no STARTTLS, a 454 (smtpd could not load
+    its key), a failed handshake. Unlike an unreachable endpoint, this is what clients see."""

@@ -1,9 +1,15 @@
-"""Versioned, atomic files in the install dir; switch, undo, prune.
+"""Versioned, atomic files in the install dir: one object per layout.
 
-Contract: `InstallDir(path, layout).install(name, bundle, chain_files=...)` writes the
-verified bytes and returns an `Installed`: the main.cf values that point Postfix at them
-and an `undo()` that restores the files as they were. Nothing outside the install dir is
-touched; main.cf is the caller's business (postfix.py).
+Contract: `install_dir(path, layout)` returns a `Combined` or `Separate` object; each one
+- `install(name, bundle, chain_files=)` writes the verified bytes and returns an
+  `Installed`: the main.cf values that point Postfix at them, the new files, and an
+  `undo()` that puts the files back as they were;
+- `holds(name, bundle, pointed)`: do the files main.cf points at hold exactly these bytes?
+- `lineage_of(pointed)`: which lineage main.cf points at, if it points into this dir;
+- `previous(name, pointed, chain_files=)`: the version before the current one, as bytes to
+  verify again and a switch to it (rollback);
+- `plan(name, chain_files=)`: what `install` would write, and the main.cf values (dry run).
+Nothing outside the install dir is touched; main.cf is the caller's business (postfix.py).
 
 Layouts:
 - combined (default): one file, key then full chain (Postfix >= 3.4 loads a file named as
@@ -14,13 +20,10 @@ Layouts:
 - separate: `<name>.<stamp>.key` (0600) and `<name>.<stamp>.crt` (0644), new files per
   version, switched by the caller's one postconf call (as `postfix tls deploy-server-cert`).
 
-Key bytes are never readable by anyone but root: files are created 0600 with O_EXCL in the
-install dir itself, written, fsynced, renamed into place, and the directory fsynced.
-
-A write that fails (ENOSPC part way through a file, EROFS, EIO) or a signal during
-`install` leaves nothing new behind and `<name>.pem` as it was; the failure is an
-`EnvironmentRefusedError` naming the install dir and the reason, raised before Postfix was
-pointed anywhere. A SIGKILL runs no cleanup: its temp files are removed by the next run
+Files are written by `fsutil.atomic_write` (0600 from the first byte). A write that fails
+(ENOSPC, EROFS, EIO) or a signal during `install` leaves nothing new behind and `<name>.pem`
+as it was; the failure is an `EnvironmentRefusedError`, raised before Postfix was pointed
+anywhere. A SIGKILL runs no cleanup: its temp files are removed by the next run
 (`clean_temps`), and `<name>.pem` is only ever switched by one rename.
 """
 
@@ -30,16 +33,18 @@ import contextlib
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pftls_hook.errors import EnvironmentRefusedError
+from pftls_hook.fsutil import TEMP_INFIX, atomic_write, fsync_dir, temp_path, untrusted
 from pftls_hook.postfix import pointing
-from pftls_hook.verify import VerifiedBundle
+from pftls_hook.verify import SourceFiles, VerifiedBundle, split_pem
 
-_TEMP = re.compile(r"^\..+\.tmp\.[0-9]+$")
+_TEMP = re.compile(r"^\..+" + re.escape(TEMP_INFIX) + r"[0-9]+$")
+_STAMP = r"\.[0-9]{8}T[0-9]{12}Z"
 
 
 @dataclass(frozen=True)
@@ -54,50 +59,39 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename in `path` durable: without it a crash may bring back the old name."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _nothing() -> None:
+    return None
 
 
 class InstallDir:
-    def __init__(self, path: Path, layout: str = "combined") -> None:
-        self.path = path
-        self.layout = layout
+    """What both layouts share: safety, temp files, versions, pruning."""
 
-    # -- safety ---------------------------------------------------------------------------
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
     def check(self, *, create: bool = False) -> None:
         """Refuse a directory root cannot trust: a symlink, someone else's, or writable
         by others (who could swap a key file between our write and Postfix's read)."""
         try:
+            if create and not os.path.lexists(self.path):
+                os.mkdir(self.path, 0o755)
             st = os.lstat(self.path)
         except FileNotFoundError:
-            if not create:
-                return
-            if not self.path.parent.is_dir():
+            if create:
                 raise EnvironmentRefusedError(
                     f"{self.path}: install dir's parent does not exist"
                 ) from None
-            try:
-                os.mkdir(self.path, 0o755)
-            except OSError as exc:
-                raise EnvironmentRefusedError(
-                    f"{self.path}: cannot create install dir: {exc.strerror}"
-                ) from None
-            st = os.lstat(self.path)
+            return
+        except OSError as exc:
+            raise EnvironmentRefusedError(
+                f"{self.path}: cannot create install dir: {exc.strerror}"
+            ) from None
         if stat.S_ISLNK(st.st_mode):
             raise EnvironmentRefusedError(f"{self.path}: install dir is a symlink; refusing")
         if not stat.S_ISDIR(st.st_mode):
             raise EnvironmentRefusedError(f"{self.path}: install dir is not a directory")
-        if st.st_uid not in (0, os.geteuid()):
-            raise EnvironmentRefusedError(f"{self.path}: install dir is not owned by root")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise EnvironmentRefusedError(
-                f"{self.path}: install dir is writable by group or others; refusing"
-            )
+        if reason := untrusted(st):
+            raise EnvironmentRefusedError(f"{self.path}: install dir {reason}; refusing")
 
     def clean_temps(self) -> None:
         """Remove temp files a killed run left behind (they never were in use)."""
@@ -112,156 +106,15 @@ class InstallDir:
                 f"{self.path}: cannot remove a stale temp file: {exc.strerror}"
             ) from None
 
-    # -- reading --------------------------------------------------------------------------
-    def current_path(self, name: str) -> Path:
-        return self.path / f"{name}.pem"
-
-    def versions(self, name: str, suffix: str = ".pem") -> list[Path]:
+    def versions(self, name: str, suffix: str) -> list[Path]:
         """Versioned files of a lineage, oldest first (the stamp sorts by time)."""
-        pattern = re.compile(re.escape(name) + r"\.[0-9]{8}T[0-9]{12}Z" + re.escape(suffix) + "$")
+        pattern = re.compile(re.escape(name) + _STAMP + re.escape(suffix) + "$")
         try:
             return sorted(
                 self.path / e.name for e in os.scandir(self.path) if pattern.match(e.name)
             )
         except FileNotFoundError:
             return []
-
-    def current_version(self, name: str) -> Path | None:
-        current = self.current_path(name)
-        if not current.exists():
-            return None
-        for version in reversed(self.versions(name)):
-            if os.path.samefile(version, current):
-                return version
-        return None
-
-    # -- writing --------------------------------------------------------------------------
-    def _write_new(self, path: Path, data: bytes, mode: int) -> None:
-        tmp = self.path / f".{path.name}.tmp.{os.getpid()}"
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-        try:
-            try:
-                if os.geteuid() == 0:
-                    os.fchown(fd, 0, 0)
-                os.fchmod(fd, mode)  # the umask must not decide a key file's mode
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            # A full disk fails part way through the data: no partial file may stay.
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-    def _link_current(self, name: str, version: Path) -> None:
-        tmp = self.path / f".{name}.pem.tmp.{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        os.link(version, tmp)
-        try:
-            os.replace(tmp, self.current_path(name))  # the one atomic switch
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(self.path)
-
-    def install(self, name: str, bundle: VerifiedBundle, *, chain_files: bool) -> Installed:
-        try:
-            if self.layout == "separate":
-                return self._install_separate(name, bundle, chain_files=chain_files)
-            return self._install_combined(name, bundle, chain_files=chain_files)
-        except OSError as exc:
-            # ENOSPC, EROFS, EIO: the machine's problem, not a bug; nothing was switched.
-            raise EnvironmentRefusedError(
-                f"{self.path}: cannot write {name}'s files: {exc.strerror}"
-            ) from None
-
-    def _install_combined(
-        self, name: str, bundle: VerifiedBundle, *, chain_files: bool
-    ) -> Installed:
-        current = self.current_path(name)
-        before = self.current_version(name)
-        adopted = None
-        if before is None and current.exists():
-            # A <name>.pem we did not version (an older install, or copied by hand): keep
-            # it as a version so undo and rollback can return to it.
-            before = adopted = self.path / f"{name}.{_stamp()}.pem"
-            os.link(current, before)
-        new = self.path / f"{name}.{_stamp()}.pem"
-
-        def undo() -> None:
-            if before is not None:
-                self._link_current(name, before)
-            else:
-                current.unlink(missing_ok=True)
-            new.unlink(missing_ok=True)
-            fsync_dir(self.path)
-
-        try:
-            self._write_new(new, bundle.combined_pem(), 0o600)
-            self._link_current(name, new)
-        except BaseException:
-            # Leave nothing new behind. Switch back only if the rename went through (the
-            # directory fsync after it failed); otherwise <name>.pem was never touched.
-            with contextlib.suppress(OSError):
-                if current.exists() and new.exists() and os.path.samefile(current, new):
-                    undo()
-                new.unlink(missing_ok=True)
-                if adopted is not None:
-                    adopted.unlink()
-            raise
-
-        path = str(current)
-        params = pointing(path, path, chain_files=chain_files)
-        return Installed(params, undo, (new, current), before)
-
-    def _install_separate(
-        self, name: str, bundle: VerifiedBundle, *, chain_files: bool
-    ) -> Installed:
-        stamp = _stamp()
-        key = self.path / f"{name}.{stamp}.key"
-        crt = self.path / f"{name}.{stamp}.crt"
-
-        def undo() -> None:
-            key.unlink(missing_ok=True)
-            crt.unlink(missing_ok=True)
-            fsync_dir(self.path)
-
-        try:
-            self._write_new(key, bundle.key_pem, 0o600)
-            self._write_new(crt, bundle.fullchain_pem, 0o644)
-            fsync_dir(self.path)
-        except BaseException:
-            # A key without its certificate is no use to anyone: remove both.
-            with contextlib.suppress(OSError):
-                undo()
-            raise
-
-        params = pointing(str(key), str(crt), chain_files=chain_files)
-        return Installed(params, undo, (key, crt))
-
-    def switch_to(self, name: str, version: Path) -> Callable[[], None]:
-        """Point `<name>.pem` at an existing version (rollback); returns the undo."""
-        before = self.current_version(name)
-        try:
-            self._link_current(name, version)
-        except OSError as exc:
-            raise EnvironmentRefusedError(
-                f"{self.path}: cannot switch {name} back: {exc.strerror}"
-            ) from None
-
-        def undo() -> None:
-            if before is not None:
-                self._link_current(name, before)
-
-        return undo
 
     def prune(self, name: str, keep: set[Path]) -> list[Path]:
         """Delete every version of `name` not in `keep` (the deploy keeps the new version
@@ -275,3 +128,206 @@ class InstallDir:
                     path.unlink(missing_ok=True)
                     removed.append(path)
         return removed
+
+    def _ours(self, pointed: Sequence[str]) -> list[Path]:
+        paths = [Path(p) for p in pointed]
+        return paths if paths and all(p.parent == self.path for p in paths) else []
+
+    def _write(self, name: str, write: Callable[[], Installed]) -> Installed:
+        try:
+            return write()
+        except OSError as exc:
+            # ENOSPC, EROFS, EIO: the machine's problem, not a bug; nothing was switched.
+            raise EnvironmentRefusedError(
+                f"{self.path}: cannot write {name}'s files: {exc.strerror}"
+            ) from None
+
+    @staticmethod
+    def _holds(paths: Sequence[Path], expected: Sequence[bytes]) -> bool:
+        try:
+            return [p.read_bytes() for p in paths] == list(expected)
+        except OSError:
+            return False
+
+
+class Combined(InstallDir):
+    def current_path(self, name: str) -> Path:
+        return self.path / f"{name}.pem"
+
+    def current_version(self, name: str) -> Path | None:
+        current = self.current_path(name)
+        if not current.exists():
+            return None
+        return next(
+            (v for v in reversed(self.versions(name, ".pem")) if os.path.samefile(v, current)),
+            None,
+        )
+
+    def lineage_of(self, pointed: Sequence[str]) -> str | None:
+        ours = self._ours(pointed)
+        if len(ours) == 1 and ours[0].suffix == ".pem" and not re.search(_STAMP, ours[0].name):
+            return ours[0].name.removesuffix(".pem")
+        return None
+
+    def holds(self, name: str, bundle: VerifiedBundle, pointed: Sequence[str]) -> bool:
+        current = self.current_path(name)
+        return list(pointed) == [str(current)] and self._holds([current], [bundle.combined_pem()])
+
+    def plan(self, name: str, *, chain_files: bool) -> tuple[list[str], dict[str, str]]:
+        target = str(self.current_path(name))
+        return [
+            f"{self.path}/{name}.<stamp>.pem (0600, key + full chain)",
+            f"{target} -> the new version (hard link, renamed into place)",
+        ], pointing(target, target, chain_files=chain_files)
+
+    def _switch(self, name: str, version: Path) -> None:
+        tmp = temp_path(self.current_path(name))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.link(version, tmp)
+        try:
+            os.replace(tmp, self.current_path(name))  # the one atomic switch
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(self.path)
+
+    def install(self, name: str, bundle: VerifiedBundle, *, chain_files: bool) -> Installed:
+        return self._write(name, lambda: self._install(name, bundle, chain_files))
+
+    def _install(self, name: str, bundle: VerifiedBundle, chain_files: bool) -> Installed:
+        current = self.current_path(name)
+        before = self.current_version(name)
+        adopted = None
+        if before is None and current.exists():
+            # A <name>.pem we did not version (an older install, or copied by hand): keep
+            # it as a version so undo and rollback can return to it.
+            before = adopted = self.path / f"{name}.{_stamp()}.pem"
+            os.link(current, before)
+        new = self.path / f"{name}.{_stamp()}.pem"
+
+        def undo() -> None:
+            if before is not None:
+                self._switch(name, before)
+            else:
+                current.unlink(missing_ok=True)
+            new.unlink(missing_ok=True)
+            fsync_dir(self.path)
+
+        try:
+            atomic_write(new, bundle.combined_pem(), 0o600)
+            self._switch(name, new)
+        except BaseException:
+            # Leave nothing new behind. Switch back only if the rename went through (the
+            # directory fsync after it failed); otherwise <name>.pem was never touched.
+            with contextlib.suppress(OSError):
+                if current.exists() and new.exists() and os.path.samefile(current, new):
+                    undo()
+                new.unlink(missing_ok=True)
+                if adopted is not None:
+                    adopted.unlink()
+            raise
+        path = str(current)
+        return Installed(
+            pointing(path, path, chain_files=chain_files), undo, (new, current), before
+        )
+
+    def previous(
+        self, name: str, pointed: Sequence[str], *, chain_files: bool
+    ) -> tuple[SourceFiles, Callable[[], Installed]]:
+        current = self.current_version(name)
+        older = [v for v in self.versions(name, ".pem") if v != current]
+        if not older:
+            raise EnvironmentRefusedError(f"{name}: no previous version to roll back to")
+        target = older[-1]
+        data = target.read_bytes()
+        path = str(self.current_path(name))
+
+        def switch() -> Installed:
+            before = self.current_version(name)
+            try:
+                self._switch(name, target)
+            except OSError as exc:
+                raise EnvironmentRefusedError(
+                    f"{self.path}: cannot switch {name} back: {exc.strerror}"
+                ) from None
+            undo = (lambda: self._switch(name, before)) if before is not None else _nothing
+            return Installed(pointing(path, path, chain_files=chain_files), undo, (target,))
+
+        return split_pem(data, data), switch
+
+
+class Separate(InstallDir):
+    def lineage_of(self, pointed: Sequence[str]) -> str | None:
+        ours = self._ours(pointed)
+        if len(ours) != 2:
+            return None
+        # `<name>.<stamp>.key`: lineage names hold dots (mail.example.com), the stamp none.
+        names = {
+            p.name.rsplit(".", 2)[0] for p in ours if re.search(_STAMP + r"\.(key|crt)$", p.name)
+        }
+        return names.pop() if len(names) == 1 else None
+
+    def holds(self, name: str, bundle: VerifiedBundle, pointed: Sequence[str]) -> bool:
+        ours = self._ours(pointed)
+        return (
+            self.lineage_of(pointed) == name
+            and len(ours) == 2
+            and self._holds(ours, [bundle.key_pem, bundle.fullchain_pem])
+        )
+
+    def plan(self, name: str, *, chain_files: bool) -> tuple[list[str], dict[str, str]]:
+        key, crt = (f"{self.path}/{name}.<stamp>.{s}" for s in ("key", "crt"))
+        return [f"{key} (0600)", f"{crt} (0644, full chain)"], pointing(
+            key, crt, chain_files=chain_files
+        )
+
+    def install(self, name: str, bundle: VerifiedBundle, *, chain_files: bool) -> Installed:
+        return self._write(name, lambda: self._install(name, bundle, chain_files))
+
+    def _install(self, name: str, bundle: VerifiedBundle, chain_files: bool) -> Installed:
+        stamp = _stamp()
+        key = self.path / f"{name}.{stamp}.key"
+        crt = self.path / f"{name}.{stamp}.crt"
+
+        def undo() -> None:
+            key.unlink(missing_ok=True)
+            crt.unlink(missing_ok=True)
+            fsync_dir(self.path)
+
+        try:
+            atomic_write(key, bundle.key_pem, 0o600)
+            atomic_write(crt, bundle.fullchain_pem, 0o644)
+        except BaseException:
+            # A key without its certificate is no use to anyone: remove both.
+            with contextlib.suppress(OSError):
+                undo()
+            raise
+        return Installed(pointing(str(key), str(crt), chain_files=chain_files), undo, (key, crt))
+
+    def previous(
+        self, name: str, pointed: Sequence[str], *, chain_files: bool
+    ) -> tuple[SourceFiles, Callable[[], Installed]]:
+        ours = set(self._ours(pointed))
+        stems = [p.name.removesuffix(".crt") for p in self.versions(name, ".crt")]
+        older = [
+            st
+            for st in stems
+            if (self.path / f"{st}.key").exists() and self.path / f"{st}.crt" not in ours
+        ]
+        if not older:
+            raise EnvironmentRefusedError(f"{name}: no previous version to roll back to")
+        key, crt = (self.path / f"{older[-1]}{s}" for s in (".key", ".crt"))
+        params = pointing(str(key), str(crt), chain_files=chain_files)
+        # Both files exist already; main.cf (set by the caller) is the switch.
+        return split_pem(key.read_bytes(), crt.read_bytes()), lambda: Installed(
+            params, _nothing, (crt, key)
+        )
+
+
+Layout = Combined | Separate
+
+
+def install_dir(path: Path, layout: str) -> Layout:
+    return Separate(path) if layout == "separate" else Combined(path)

@@ -23,11 +23,11 @@ from __future__ import annotations
 import os
 import re
 import stat
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pftls_hook.errors import NotSettledError, RefusedError
+from pftls_hook.fsutil import attempts, untrusted
 from pftls_hook.verify import SourceFiles
 
 KINDS = ("cert", "chain", "fullchain", "privkey")
@@ -74,6 +74,26 @@ def renewed_lineage(value: str, live_dir: Path) -> str:
 
 
 def read_lineage(lineage_dir: Path, *, settle_timeout: float = 5.0) -> LineageSnapshot:
+    config_root = _checked(lineage_dir)
+    for last in attempts(settle_timeout, _RETRY_SECONDS):
+        try:
+            return _read_once(lineage_dir, config_root)
+        except NotSettledError:
+            if last:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def read_leaf(lineage_dir: Path) -> bytes:
+    """cert.pem alone, by the same rules, settled or not: what identifies a candidate (its
+    names and dates) for selection, without reading and verifying the whole lineage."""
+    config_root = _checked(lineage_dir)
+    path, _ = _resolve(lineage_dir, "cert", config_root)
+    return _read_file(path, "cert.pem")
+
+
+def _checked(lineage_dir: Path) -> Path:
+    """The certbot config dir of a lineage dir that passed the name and directory checks."""
     name = lineage_dir.name
     if not valid_name(name):
         raise RefusedError(repr(name), "not a certbot lineage name")
@@ -81,14 +101,7 @@ def read_lineage(lineage_dir: Path, *, settle_timeout: float = 5.0) -> LineageSn
         raise RefusedError(repr(str(lineage_dir)), "a lineage path must not climb with `..`")
     config_root = Path(os.path.realpath(lineage_dir.parent.parent))
     _require_lineage_dir(lineage_dir, config_root)
-    deadline = time.monotonic() + settle_timeout
-    while True:
-        try:
-            return _read_once(lineage_dir, config_root)
-        except NotSettledError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(_RETRY_SECONDS)
+    return config_root
 
 
 def _read_once(lineage_dir: Path, config_root: Path) -> LineageSnapshot:
@@ -125,10 +138,8 @@ def _require_safe_dir(directory: Path) -> None:
         raise RefusedError(str(directory), f"cannot be checked: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise RefusedError(str(directory), "is not a directory")
-    if st.st_uid not in (0, os.geteuid()):
-        raise RefusedError(str(directory), f"is owned by uid {st.st_uid}, not root")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise RefusedError(str(directory), "is writable by group or others")
+    if reason := untrusted(st):
+        raise RefusedError(str(directory), reason)
 
 
 def _require_lineage_dir(lineage_dir: Path, config_root: Path) -> None:
@@ -189,10 +200,8 @@ def _read_file(path: Path, file: str) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise RefusedError(file, f"{path} is not a regular file")
-        if st.st_uid not in (0, os.geteuid()):
-            raise RefusedError(file, f"{path} is owned by uid {st.st_uid}, not root")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise RefusedError(file, f"{path} is writable by group or others")
+        if reason := untrusted(st):
+            raise RefusedError(file, f"{path} {reason}")
         if st.st_size > MAX_FILE_BYTES:
             raise RefusedError(file, f"{path} is {st.st_size} bytes, too large for a PEM file")
         chunks = []

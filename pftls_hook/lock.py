@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from pftls_hook.errors import EnvironmentRefusedError
+from pftls_hook.fsutil import attempts
 
 _POLL_SECONDS = 0.05
 
@@ -28,17 +28,15 @@ def deploy_lock(path: Path, timeout: float) -> Iterator[None]:
     except OSError as exc:
         raise EnvironmentRefusedError(f"{path}: cannot open lock file: {exc.strerror}") from None
     try:
-        deadline = time.monotonic() + timeout
-        while True:
+        for last in attempts(timeout, _POLL_SECONDS):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                if last:
                     raise EnvironmentRefusedError(
                         f"{path}: another deploy still holds the lock after {timeout:g} s"
                     ) from None
-                time.sleep(_POLL_SECONDS)
         yield
     finally:
         os.close(fd)

@@ -1,10 +1,12 @@
 """The only place that runs `postconf` and `postfix`, for one instance (`-c DIR`).
 
-Contract: `Postfix(config_dir).state()` reads what a deploy needs in three postconf calls;
+Contract: `Postfix(config_dir).state()` reads what a deploy needs in two postconf calls
+(`-x` for the parameters, `-M` for the services and their `-o` overrides), once per command;
 `parameters(*names)` reads any other effective values (configure's TLS profile); `set`/
-`restore` change main.cf in one call each; `check`, `is_running`, `reload` wrap the
-`postfix` command. Every call goes through `runner.run` (argument list, fixed PATH, timeout)
-and a failure raises `CommandError` with Postfix's own last line.
+`restore` change main.cf in one call each; `check`, `is_running` and `reload` wrap the
+`postfix` command (`reload` tells a stopped Postfix from a failure). Every call goes through
+`runner.run` (argument list, fixed PATH, timeout) and a failure raises `CommandError` with
+Postfix's own last line.
 
 Why one `postconf -e` for all changes: postconf rewrites main.cf atomically, but a main.cf
 modified within the last second or two is "hot" and every later reader waits for it to cool
@@ -62,7 +64,6 @@ class Service:
 @dataclass(frozen=True)
 class PostfixState:
     effective: Mapping[str, str]  # `postconf -x`: values as Postfix uses them
-    explicit: Mapping[str, str]  # `postconf -n`: only what main.cf itself sets, unexpanded
     services: tuple[Service, ...]
     overrides: tuple[Override, ...]
 
@@ -153,6 +154,35 @@ def _parse_assignments(text: str) -> dict[str, str]:
     return values
 
 
+def _parse_services(text: str) -> tuple[list[Service], list[Override]]:
+    """`postconf -M` (not on a terminal: one line per service, `-o` settings inline, a
+    value with spaces as `-o { name = value }`): the services and their overrides."""
+    services, overrides = [], []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 8 or line[:1].isspace():
+            continue
+        service = Service(fields[0], fields[1], fields[7], fields[4])
+        services.append(service)
+        args = iter(fields[8:])
+        for arg in args:
+            if arg != "-o":
+                continue
+            setting = next(args, "")
+            if setting == "{":
+                words = []
+                for word in args:
+                    if word == "}":
+                        break
+                    words.append(word)
+                setting = " ".join(words).replace(" = ", "=", 1)
+            param, sep, value = setting.partition("=")
+            if sep:
+                where = f"{service.name}/{service.type}"
+                overrides.append(Override(where, param.strip(), value.strip()))
+    return services, overrides
+
+
 class Postfix:
     def __init__(self, config_dir: Path, run: Runner = runner.run) -> None:
         self.config_dir = config_dir
@@ -165,24 +195,19 @@ class Postfix:
         return self._run(["postfix", "-c", str(self.config_dir), *args], timeout=timeout)
 
     def state(self) -> PostfixState:
+        """Everything a deploy reads of Postfix, in two commands."""
         effective = _parse_assignments(self._postconf("-x", *_READ).stdout)
-        explicit = _parse_assignments(self._postconf("-n").stdout)
-        services = []
-        for line in self._postconf("-M").stdout.splitlines():
-            fields = line.split()
-            if len(fields) >= 8 and not line[:1].isspace():
-                services.append(Service(fields[0], fields[1], fields[7], fields[4]))
-        overrides = []
-        for line in self._postconf("-P").stdout.splitlines():
-            key, sep, value = line.partition(" = ")
-            parts = key.strip().split("/")
-            if sep and len(parts) == 3:
-                overrides.append(Override(f"{parts[0]}/{parts[1]}", parts[2], value.strip()))
-        return PostfixState(effective, explicit, tuple(services), tuple(overrides))
+        services, overrides = _parse_services(self._postconf("-M").stdout)
+        return PostfixState(effective, tuple(services), tuple(overrides))
 
     def parameters(self, *names: str) -> dict[str, str]:
         """Effective values (`postconf -x`: defaults included, `$name` expanded) of `names`."""
         return _parse_assignments(self._postconf("-x", *names).stdout)
+
+    def explicit(self, *names: str) -> dict[str, str]:
+        """What main.cf itself says of `names` (`postconf -n`: unexpanded, unset ones absent):
+        read just before a main.cf change, so a rollback can put exactly that back."""
+        return _parse_assignments(self._postconf("-n", *names).stdout)
 
     def set(self, values: Mapping[str, str]) -> None:
         """All changes in one `postconf -e`: main.cf is replaced atomically, and only once."""
@@ -195,7 +220,7 @@ class Postfix:
         Only what differs now is written: a `postconf -e` that failed changed nothing (it
         replaces main.cf atomically), and writing again would fail again (a read-only or
         full /etc/postfix), turning a clean rollback into a failed one."""
-        now = _parse_assignments(self._postconf("-n").stdout)
+        now = self.explicit(*names)
         back = {
             n: explicit_before[n]
             for n in names
@@ -212,5 +237,14 @@ class Postfix:
     def is_running(self) -> bool:
         return self._postfix("status", timeout=30).ok
 
-    def reload(self) -> None:
-        self._postfix("reload").check()
+    def reload(self) -> bool:
+        """Reload; False when Postfix is not running (nothing to reload). `postfix status`
+        runs only when the reload failed, to tell that case from a real failure: the
+        no-op and routine paths never pay for it."""
+        result = self._postfix("reload")
+        if result.ok:
+            return True
+        if not self.is_running():
+            return False
+        result.check()
+        return True

@@ -17,18 +17,14 @@ import contextlib
 import hashlib
 import smtplib
 import ssl
-import time
 from collections.abc import Sequence
 
 from pftls_hook.config import Endpoint
-from pftls_hook.errors import PftlsError
+from pftls_hook.errors import ProbeError, TlsBrokenError
+from pftls_hook.fsutil import attempts
 
 _RETRY_SECONDS = 0.05
 _HELO_NAME = "pftls-hook.probe"
-
-
-class ProbeError(PftlsError):
-    """The endpoint did not serve a certificate we could read, or not the expected one."""
 
 
 def _context() -> ssl.SSLContext:
@@ -64,49 +60,52 @@ def fetch(endpoint: Endpoint, *, timeout: float = 5.0) -> bytes:
             if not endpoint.implicit_tls:
                 client.ehlo()
                 if not client.has_extn("starttls"):
-                    raise ProbeError(f"{endpoint}: STARTTLS not offered after EHLO")
+                    raise TlsBrokenError(f"{endpoint}: STARTTLS not offered after EHLO")
                 code, message = client.docmd("STARTTLS")
                 if code == 454:
                     text = message.decode(errors="replace")
-                    raise ProbeError(
+                    raise TlsBrokenError(
                         f"{endpoint}: STARTTLS refused with 454 ({text}): "
                         "smtpd could not load its key or certificate"
                     )
                 if code != 220:
-                    raise ProbeError(f"{endpoint}: STARTTLS answered {code}")
+                    raise TlsBrokenError(f"{endpoint}: STARTTLS answered {code}")
                 client.sock = _context().wrap_socket(client.sock)  # type: ignore[arg-type]
             der: bytes | None = client.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
             with contextlib.suppress(smtplib.SMTPException, OSError):
                 client.quit()  # the certificate is what we came for; QUIT is courtesy
     except ProbeError:
         raise
-    except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
+    except ssl.SSLError as exc:
+        raise TlsBrokenError(f"{endpoint}: TLS handshake failed: {exc}") from None
+    except (smtplib.SMTPException, OSError) as exc:
         raise ProbeError(f"{endpoint}: {type(exc).__name__}: {exc}") from None
     if not der:
-        raise ProbeError(f"{endpoint}: no certificate served")
+        raise TlsBrokenError(f"{endpoint}: no certificate served")
     return der
 
 
-def wait_for(endpoints: Sequence[Endpoint], expected: str, *, timeout: float) -> None:
-    """Return once every endpoint serves `expected`. `postfix reload` is asynchronous and
-    busy smtpd processes finish their session with the old certificate, so retry."""
+def wait_for(endpoints: Sequence[Endpoint], expected: str | None, *, timeout: float) -> None:
+    """Return once every endpoint serves `expected` (any certificate, for None: configure's
+    proof that TLS works). `postfix reload` is asynchronous and busy smtpd processes finish
+    their session with the old certificate, so retry until the deadline; the error raised
+    then is the last one seen (a `TlsBrokenError` for a 454 at the deadline)."""
     pending = list(endpoints)
-    deadline = time.monotonic() + timeout
-    last = ""
-    while pending:
+    last: ProbeError | None = None
+    for final in attempts(timeout, _RETRY_SECONDS):
         still = []
         for endpoint in pending:
             try:
                 got = served(endpoint, timeout=max(1.0, min(5.0, timeout)))
             except ProbeError as exc:
-                last = str(exc)
+                last = exc
                 still.append(endpoint)
                 continue
-            if got != expected:
-                last = f"{endpoint}: serves {got[:16]}…, expected {expected[:16]}…"
+            if expected is not None and got != expected:
+                last = ProbeError(f"{endpoint}: serves {got[:16]}…, expected {expected[:16]}…")
                 still.append(endpoint)
         pending = still
-        if pending:
-            if time.monotonic() >= deadline:
-                raise ProbeError(f"after {timeout:g} s: {last}")
-            time.sleep(_RETRY_SECONDS)
+        if not pending:
+            return
+        if final and last is not None:
+            raise type(last)(f"after {timeout:g} s: {last}")

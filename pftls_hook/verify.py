@@ -236,18 +236,22 @@ def dns_names(leaf: x509.Certificate) -> list[str]:
     ]
 
 
-def covers(leaf: x509.Certificate, hostname: str) -> bool:
+def name_covers(names: Sequence[str], hostname: str) -> bool:
     """RFC 6125 matching as TLS clients do it: exact name or IP, or a wildcard standing
     for exactly one leftmost label (`*.example.com` covers `mail.example.com` only)."""
     host = hostname.lower().rstrip(".")
-    for name in dns_names(leaf):
+    label, dot, parent = host.partition(".")
+    for name in names:
         pattern = name.lower().rstrip(".")
-        if pattern == host:
-            return True
-        label, dot, parent = host.partition(".")
-        if pattern.startswith("*.") and dot and label and parent == pattern[2:]:
+        if pattern == host or (
+            pattern.startswith("*.") and dot and label and parent == pattern[2:]
+        ):
             return True
     return False
+
+
+def covers(leaf: x509.Certificate, hostname: str) -> bool:
+    return name_covers(dns_names(leaf), hostname)
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

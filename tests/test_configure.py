@@ -52,13 +52,13 @@ def profile(ca_file: str, client: str = "may") -> dict[str, str]:
 
 def state(explicit: dict[str, str], *overrides: Override, chroot: str = "n") -> PostfixState:
     services = (Service("127.0.0.1:25", "inet", "smtpd", chroot),)
-    return PostfixState({}, explicit, services, overrides)
+    return PostfixState({}, services, overrides)
 
 
 def planned(explicit: dict[str, str], request: Request | None = None, **kw: str) -> dict[str, str]:
     """The changes for a main.cf whose explicit settings are `explicit` (no defaults)."""
     values = {**explicit, **kw}
-    result = plan(values, state(explicit), request or Request(SYSTEM_BUNDLE))
+    result = plan(values, explicit, state(explicit), request or Request(SYSTEM_BUNDLE))
     return result.values
 
 
@@ -88,7 +88,7 @@ def test_plan_on_the_profile_is_empty() -> None:
     ],
 )
 def test_plan_never_weakens_and_says_why(explicit: dict[str, str], kept: str) -> None:
-    result = plan(explicit, state(explicit), Request(SYSTEM_BUNDLE))
+    result = plan(explicit, explicit, state(explicit), Request(SYSTEM_BUNDLE))
     assert kept not in result.values
     assert any(note.startswith(f"{kept}:") for note in result.kept), result.kept
 
@@ -104,7 +104,9 @@ def test_plan_strengthens_weaker_levels() -> None:
 
 def test_plan_encrypt_warns_of_bounces_and_verify_survives_it() -> None:
     explicit = {"smtp_tls_security_level": "verify"}
-    result = plan(explicit, state(explicit), Request(SYSTEM_BUNDLE, client_level="encrypt"))
+    result = plan(
+        explicit, explicit, state(explicit), Request(SYSTEM_BUNDLE, client_level="encrypt")
+    )
     assert result.warnings == (ENCRYPT_WARNING,)
     assert "bounced" in ENCRYPT_WARNING
     assert "smtp_tls_security_level" not in result.values
@@ -113,11 +115,14 @@ def test_plan_encrypt_warns_of_bounces_and_verify_survives_it() -> None:
 def test_plan_ca_option_on_the_command_line_replaces_the_admins_anchors() -> None:
     explicit = {"smtp_tls_CAfile": "/etc/private-ca.pem"}
     request = Request("/etc/other.pem", replace_trust=True)
-    assert plan(explicit, state(explicit), request).values["smtp_tls_CAfile"] == "/etc/other.pem"
+    assert (
+        plan(explicit, explicit, state(explicit), request).values["smtp_tls_CAfile"]
+        == "/etc/other.pem"
+    )
 
 
 def test_plan_ca_path_and_chroot_note() -> None:
-    result = plan({}, state({}, chroot="y"), Request(SYSTEM_BUNDLE, ca_path="/etc/pf-ca"))
+    result = plan({}, {}, state({}, chroot="y"), Request(SYSTEM_BUNDLE, ca_path="/etc/pf-ca"))
     assert result.values["smtpd_tls_CApath"] == "/etc/pf-ca"
     assert result.values["smtp_tls_CApath"] == "/etc/pf-ca"
     assert "smtpd_tls_CAfile" not in result.values
@@ -126,7 +131,7 @@ def test_plan_ca_path_and_chroot_note() -> None:
 
 def test_plan_reports_master_cf_overrides_it_leaves_alone() -> None:
     override = Override("submission/inet", "smtpd_tls_security_level", "encrypt")
-    result = plan({}, state({}, override), Request(SYSTEM_BUNDLE))
+    result = plan({}, {}, state({}, override), Request(SYSTEM_BUNDLE))
     assert any("submission/inet" in note for note in result.kept)
 
 
@@ -134,7 +139,7 @@ def test_plan_value_written_through_a_variable_is_not_rewritten() -> None:
     # main.cf says `$config_directory/ca.pem`; Postfix reads the expanded path: no change.
     explicit = {**profile("/etc/postfix/ca.pem"), "smtp_tls_CAfile": "$config_directory/ca.pem"}
     values = {**explicit, "smtp_tls_CAfile": "/etc/postfix/ca.pem"}
-    assert plan(values, state(explicit), Request("/etc/postfix/ca.pem")).values == {}
+    assert plan(values, explicit, state(explicit), Request("/etc/postfix/ca.pem")).values == {}
 
 
 # --------------------------------------------------------- against a real private Postfix

@@ -761,8 +761,8 @@ def test_status_json_agrees_after_install(deployed: Deployed) -> None:
     report = json.loads(result.stdout)
     (lineage,) = report["lineages"]
     assert lineage["name"] == NAME and lineage["serves_postfix"]
-    assert lineage["live"]["sha256"] == sha256(leaf)
-    assert report["installed"]["sha256"] == sha256(leaf)
+    assert lineage["live"]["cert"]["sha256"] == sha256(leaf)
+    assert report["installed"]["cert"]["sha256"] == sha256(leaf)
     assert report["installed"]["file"] == str(rig.current)
-    assert [s["sha256"] for s in report["served"].values()] == [sha256(leaf)]
+    assert [s["cert"]["sha256"] for s in report["served"].values()] == [sha256(leaf)]
     assert report["warnings"] == []

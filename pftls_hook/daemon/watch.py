@@ -16,12 +16,13 @@ Why each part:
   subscribed: open/close events would make our own reads wake us.
 - The watchdog callback only records the lineage name and wakes the main loop: an exception
   in a callback kills watchdog's observer, and certbot fires 16 events per renewal.
-- The main loop (the main thread) waits for a quiet period (`debounce`) after the last
-  event, then for the lineages to be settled (certbot re-points the four links one by one;
-  `read_lineage` tells). Choosing the lineage Postfix serves looks at every lineage, so a
-  decision waits until every changed lineage is quiet and settled, except one left
-  half-renewed for longer than `settle_timeout` (an interrupted certbot) that Postfix does
-  not use: that one is reported and skipped. Lineages not chosen are never deployed.
+- The main loop (the main thread) deploys as soon as every changed lineage is settled:
+  certbot's sequence ends with all four links on one version and no `previous_*.pem`
+  (`read_lineage` tells), and every event it makes before that end finds the lineage
+  unsettled. A quiet period (`debounce`) after the last event is only the fallback for a
+  lineage that does not settle; one left half-renewed for longer than `settle_timeout` (an
+  interrupted certbot) that Postfix does not use is reported and skipped. The lineage
+  deployed is the one `select` chooses; others are never deployed.
 - Reconcile (deploy the chosen lineage if it is not installed and served) at start, every
   `reconcile_interval`, after SIGHUP and after an inotify queue overflow, which watchdog
   only logs: a logging handler on its logger hears it.
@@ -46,7 +47,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -198,15 +198,7 @@ class Daemon:
         # What was done.
         self._serving: str | None = None
         self._ready = False
-        self._state: dict[str, Any] = {
-            "pid": os.getpid(),
-            "started": _iso(),
-            "phase": "starting",
-            "serving": "",
-            "status": "starting",
-            "last_outcome": None,
-            "last_failure": None,
-        }
+        self._state = watchstate.WatchState(pid=os.getpid(), started=_iso())
         self._use(settings)
 
     def _use(self, settings: Settings) -> None:
@@ -355,15 +347,15 @@ class Daemon:
         self._wake_at = float("inf")
         if not (self._reconcile or self._dirty):
             return
-        quiet_at = max(self._dirty.values(), default=0.0)
-        if quiet_at > now:
-            self._wake_at = quiet_at
-            return
         live = self.settings.live_dir
         if self._watched is None:
             self._idle(self._unwatched)
             return
-        names = list_lineages(live)
+        quiet_at = max(self._dirty.values(), default=0.0)
+        if quiet_at > now and not all(map(self._settled_now, self._dirty)):
+            self._wake_at = quiet_at  # certbot is still moving links: its next event wakes us
+            return
+        names = list_lineages(live) if self._reconcile else sorted(self._dirty)
         if not names:
             self._idle(f"no lineage in {live} yet")
             return
@@ -376,6 +368,15 @@ class Daemon:
             self._wake_at = self._retry_at
             return
         self._sync(now)
+
+    def _settled_now(self, name: str) -> bool:
+        try:
+            read_lineage(self.settings.live_dir / name, settle_timeout=0)
+        except NotSettledError:
+            return False
+        except RefusedError:
+            pass  # settled but unusable (or gone): deploy() will say why
+        return True
 
     def _settled(self, names: list[str], now: float) -> bool:
         """Are all lineages that can matter settled? One certbot left half-renewed for longer
@@ -422,41 +423,29 @@ class Daemon:
             self._set_status(status)
 
     def _sync(self, now: float) -> None:
-        changed = sorted(self._dirty)
-        chosen = ""
         try:
-            state = self.deployer.postfix.state()
-            chosen = self.deployer.choose(self.settings.hostnames or (state.myhostname,))
-            if not self._reconcile and chosen not in changed and chosen == self._serving:
-                log.info("%s changed; Postfix uses %s: ignored", ", ".join(changed), chosen)
-                outcome = None
-            else:
-                outcome = self.deployer.deploy(chosen)
+            # The selected lineage; a no-op (one probe) when it is installed and served.
+            outcome = self.deployer.deploy(None)
         except NotSettledError as exc:
             # certbot started again between our check and the deploy's read: wait for it.
-            log.info("%s: %s", chosen, exc)
-            self._dirty[chosen] = now + self.settings.debounce
-            self._wake_at = self._dirty[chosen]
+            log.info("%s", exc)
+            self._wake_at = now + self.settings.debounce
             return
         except (PftlsError, OSError) as exc:
-            self._failed(chosen, str(exc), now)
+            self._failed(self._serving or "", str(exc), now)
             return
         self._dirty.clear()
         self._reconcile = False
         self._backoff = FIRST_RETRY
         self._retry_at = 0.0
-        if outcome is not None:
-            self._done(outcome)
+        self._done(outcome)
 
     def _done(self, outcome: Outcome) -> None:
         self._serving = outcome.lineage  # deploy() has logged what it did
-        self._state["last_outcome"] = {
-            "lineage": outcome.lineage,
-            "action": outcome.action,
-            "leaf_sha256": outcome.leaf_sha256,
-            "at": _iso(),
-        }
-        self._state["serving"] = outcome.lineage
+        self._state.last_outcome = watchstate.LastOutcome(
+            outcome.lineage, outcome.action, outcome.leaf_sha256, _iso()
+        )
+        self._state.serving = outcome.lineage
         self._report(phase="idle", status=f"{outcome} at {_iso()}")
 
     def _failed(self, lineage: str, error: str, now: float) -> None:
@@ -465,12 +454,7 @@ class Daemon:
         self._retry_at = now + delay
         self._wake_at = self._retry_at
         log.error("%s; retrying in %g s", error, delay)
-        self._state["last_failure"] = {
-            "lineage": lineage,
-            "error": error,
-            "at": _iso(),
-            "retry_at": _iso(delay),
-        }
+        self._state.last_failure = watchstate.LastFailure(lineage, error, _iso(), _iso(delay))
         self._report(phase="failing", status=f"failed: {error} (retry in {delay:g} s)")
 
     def _idle(self, status: str) -> None:
@@ -481,13 +465,13 @@ class Daemon:
 
     # -- reporting --------------------------------------------------------------------------
     def _set_status(self, status: str) -> None:
-        if status != self._state["status"]:
-            self._state["status"] = status
+        if status != self._state.status:
+            self._state.status = status
             self.notifier.status(status)
 
     def _report(self, *, phase: str, status: str) -> None:
         """After a decision: systemd's STATUS= (and READY=1 the first time), the state file."""
-        self._state.update(phase=phase, status=status, updated=_iso())
+        self._state.phase, self._state.status, self._state.updated = phase, status, _iso()
         if self._ready or phase == "stopped":
             self.notifier.status(status)
         else:

@@ -1,7 +1,7 @@
 """The TLS profile from the admin's setup page, and `configure`, which puts it in main.cf.
 
-Contract: `plan(values, state, request)` is pure: from the profile parameters as Postfix uses
-them (`values`, `postconf -x`) and main.cf's own settings (`state.explicit`, `postconf -n`)
+Contract: `plan(values, explicit, state, request)` is pure: from the profile parameters as
+Postfix uses them (`values`, `postconf -x`) and main.cf's own settings (`explicit`, `-n`)
 it returns a `Plan`: the changes, and notes on what was left alone and why. It never
 weakens: a stricter security level, a higher log level, trust anchors the admin already
 set stay as they are. `configure(settings, request)` shows the plan as a diff, then (unless
@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import re
 import stat
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +32,9 @@ from cryptography import x509
 
 from pftls_hook import probe, runner
 from pftls_hook.config import Endpoint, Settings
-from pftls_hook.errors import (
-    DeployFailedError,
-    EnvironmentRefusedError,
-    PftlsError,
-    RefusedError,
-    RollbackFailedError,
-    UsageError,
-)
+from pftls_hook.deploy import Transaction, roll_back
+from pftls_hook.errors import EnvironmentRefusedError, ProbeError, RefusedError, UsageError
+from pftls_hook.fsutil import untrusted
 from pftls_hook.lock import deploy_lock
 from pftls_hook.postfix import Postfix, PostfixState
 from pftls_hook.setup import CLIENT_LEVELS
@@ -71,7 +65,6 @@ ENCRYPT_WARNING = (
     "STARTTLS; such mail is deferred, then bounced. Many Internet MX hosts still lack it: "
     "on a host that sends to the public Internet, keep may"
 )
-_RETRY_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -154,7 +147,12 @@ def _level(
         wanted[name] = target
 
 
-def plan(values: Mapping[str, str], state: PostfixState, request: Request) -> Plan:
+def plan(
+    values: Mapping[str, str],
+    explicit: Mapping[str, str],
+    state: PostfixState,
+    request: Request,
+) -> Plan:
     wanted: dict[str, str] = {}
     kept: list[str] = []
     warnings: list[str] = []
@@ -196,10 +194,10 @@ def plan(values: Mapping[str, str], state: PostfixState, request: Request) -> Pl
             kept.append(f"{override} overrides main.cf for that service")
 
     changes = tuple(
-        Change(name, new, state.explicit.get(name), values.get(name, ""))
+        Change(name, new, explicit.get(name), values.get(name, ""))
         for name, new in wanted.items()
         # Already there: main.cf sets it and Postfix reads exactly this value.
-        if not (name in state.explicit and values.get(name) == new)
+        if not (name in explicit and values.get(name) == new)
     )
     return Plan(changes, tuple(kept), tuple(warnings))
 
@@ -218,8 +216,8 @@ def check_trust(request: Request) -> None:
             raise UsageError(f"{path}: cannot use as CA directory: {exc.strerror}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise UsageError(f"{path}: --ca-path must be a directory")
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise UsageError(f"{path}: CA directory is writable by group or others")
+        if reason := untrusted(st):
+            raise UsageError(f"{path}: CA directory {reason}")
         return
     try:
         load_anchors(Path(request.ca_file).read_bytes(), request.ca_file)
@@ -250,7 +248,7 @@ def configure(
     postfix = postfix or Postfix(settings.postfix_config_dir)
     check_trust(request)
     before = postfix.state()
-    the_plan = plan(postfix.parameters(*READ), before, request)
+    the_plan = plan(postfix.parameters(*READ), postfix.explicit(*READ), before, request)
     for warning in the_plan.warnings:
         log.warning("%s", warning)
     for line in the_plan.render():
@@ -267,41 +265,25 @@ def configure(
         if request.ca_path:
             links = rehash(Path(request.ca_path))
             echo(f"{request.ca_path}: {links} hash links (openssl rehash)")
+        txn = Transaction(postfix)
         try:
             # Every change in one call: each `postconf -e` leaves main.cf "hot" for ~2 s.
-            postfix.set(changed)
+            txn.set_main_cf(changed)
             postfix.check()
-            if not postfix.is_running():
+            running = postfix.reload() if changed or request.ca_path else postfix.is_running()
+            if not running:
                 echo("Postfix is not running: checked, not reloaded; STARTTLS not proven")
                 return "configured (Postfix not running)" if changed else "unchanged"
-            if changed or request.ca_path:
-                postfix.reload()
             _prove(postfix, settings, echo)
         except BaseException as exc:
             if changed:
-                _restore(postfix, before, changed, reason=exc)
-            elif isinstance(exc, probe.ProbeError):
+                roll_back(txn, {}, settings.probe_timeout, reason=exc, what="configure")
+            elif isinstance(exc, ProbeError):
                 raise EnvironmentRefusedError(
                     f"main.cf needed no change, but TLS does not work: {exc}"
                 ) from None
             raise
     return "configured" if changed else "unchanged"
-
-
-def _restore(
-    postfix: Postfix, before: PostfixState, changed: Mapping[str, str], *, reason: BaseException
-) -> None:
-    log.error("configure failed: %s; restoring main.cf", reason)
-    try:
-        postfix.restore(before.explicit, list(changed))
-        if postfix.is_running():
-            postfix.reload()
-    except (PftlsError, OSError) as exc:
-        raise RollbackFailedError(
-            f"configure failed ({reason}) and restoring main.cf failed ({exc}): check Postfix now"
-        ) from None
-    if isinstance(reason, PftlsError | OSError):
-        raise DeployFailedError(f"configure failed, main.cf restored: {reason}") from None
 
 
 def _prove(postfix: Postfix, settings: Settings, echo: Callable[[str], None]) -> None:
@@ -320,22 +302,12 @@ def _prove(postfix: Postfix, settings: Settings, echo: Callable[[str], None]) ->
         endpoints, notes = state.probe_endpoints()
         for note in notes:
             echo(note)
+    # `postfix reload` is asynchronous: an smtpd of the old configuration may answer first.
+    probe.wait_for(endpoints, None, timeout=settings.probe_timeout)
     for endpoint in endpoints:
-        leaf = x509.load_der_x509_certificate(_starttls(endpoint, settings.probe_timeout))
+        leaf = x509.load_der_x509_certificate(probe.fetch(endpoint, timeout=settings.probe_timeout))
         echo(
             f"{endpoint}: EHLO offers STARTTLS, TLS handshake completed; serves "
             f"{', '.join(dns_names(leaf)) or leaf.subject.rfc4514_string()} "
             f"(sha256 {leaf_sha256(leaf)[:16]}…)"
         )
-
-
-def _starttls(endpoint: Endpoint, timeout: float) -> bytes:
-    # `postfix reload` is asynchronous: an smtpd of the old configuration may answer first.
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return probe.fetch(endpoint, timeout=max(1.0, min(5.0, timeout)))
-        except probe.ProbeError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(_RETRY_SECONDS)

@@ -23,7 +23,7 @@ import shlex
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +31,9 @@ from pftls_hook import runner
 from pftls_hook.config import DEFAULT_CONFIG, Settings, load_settings
 from pftls_hook.deploy import Deployer, Outcome
 from pftls_hook.errors import CommandError, EnvironmentRefusedError, UsageError
-from pftls_hook.install import fsync_dir
+from pftls_hook.fsutil import fsync_dir
 from pftls_hook.setup import AUTHENTICATORS
+from pftls_hook.verify import name_covers
 
 log = logging.getLogger("pftls-hook")
 
@@ -189,15 +190,6 @@ def _validate(request: ObtainRequest) -> None:
         raise UsageError("obtain --authenticator webroot: give --webroot-path DIR")
 
 
-def _covered(hostname: str, domains: Sequence[str]) -> bool:
-    host = hostname.lower().rstrip(".")
-    for domain in domains:
-        pattern = domain.lower().rstrip(".")
-        if pattern == host or (pattern.startswith("*.") and host.partition(".")[2] == pattern[2:]):
-            return True
-    return False
-
-
 def _certbot_failure(result: runner.Result) -> CommandError:
     # certbot ends with boilerplate ("Ask for help ...", "Saving debug log ..."): show the
     # lines that say what went wrong.
@@ -217,8 +209,8 @@ def obtain(
     """Run certbot, then deploy. None on a dry run."""
     _validate(request)  # before anything runs, Postfix and certbot included
     deployer = Deployer(settings)
-    hostnames = settings.hostnames or (deployer.postfix.state().myhostname,)
-    missing = [h for h in hostnames if not _covered(h, request.domains)]
+    hostnames = deployer.context().hostnames
+    missing = [h for h in hostnames if not name_covers(request.domains, h)]
     if missing:
         # Postfix would never be given this certificate: the hook deploys only a lineage
         # that covers the required names.
@@ -239,7 +231,7 @@ def obtain(
         log.debug("certbot: %s", line)
     if not result.ok:
         raise _certbot_failure(result)
-    return deployer.deploy(deployer.choose(hostnames))
+    return deployer.deploy(None)
 
 
 # --------------------------------------------------------------------- register / unregister
