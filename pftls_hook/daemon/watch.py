@@ -424,8 +424,11 @@ class Daemon:
 
     def _sync(self, now: float) -> None:
         try:
-            # The selected lineage; a no-op (one probe) when it is installed and served.
-            outcome = self.deployer.deploy(None)
+            if self._reconcile:
+                # The selected lineage; a no-op (one probe) when installed and served.
+                outcomes = [self.deployer.deploy(None)]
+            else:
+                outcomes = [self.deployer.deploy(n, only_if_ours=True) for n in sorted(self._dirty)]
         except NotSettledError as exc:
             # certbot started again between our check and the deploy's read: wait for it.
             log.info("%s", exc)
@@ -438,7 +441,11 @@ class Daemon:
         self._reconcile = False
         self._backoff = FIRST_RETRY
         self._retry_at = 0.0
-        self._done(outcome)
+        for outcome in outcomes:
+            if outcome.action == "skipped":
+                log.info("%s changed; %s: ignored", outcome.lineage, "; ".join(outcome.detail))
+            else:
+                self._done(outcome)
 
     def _done(self, outcome: Outcome) -> None:
         self._serving = outcome.lineage  # deploy() has logged what it did
