@@ -73,6 +73,11 @@ class Outcome:
     proven_on: tuple[str, ...] = ()  # endpoints shown to serve it; () = not proven
     detail: tuple[str, ...] = field(default=())  # the plan (dry run) or why it was skipped
 
+    def __str__(self) -> str:
+        served = f" ({self.leaf_sha256[:16]}…)" if self.leaf_sha256 else ""
+        proven = f", proven on {', '.join(self.proven_on)}" if self.proven_on else ""
+        return f"{self.lineage}: {self.action}{served}{proven}"
+
 
 @dataclass(frozen=True)
 class Context:
@@ -274,7 +279,8 @@ class Deployer:
             log.info("%s: pruned %s", name, removed)
         if not running:
             return self._not_running(done)
-        log.info("%s: deployed; Postfix serves %s…", name, expected[:16])
+        if ctx.endpoints:
+            log.info("%s: deployed; Postfix serves %s…", name, expected[:16])
         return done
 
     @staticmethod

@@ -766,3 +766,49 @@ def test_status_json_agrees_after_install(deployed: Deployed) -> None:
     assert report["installed"]["file"] == str(rig.current)
     assert [s["cert"]["sha256"] for s in report["served"].values()] == [sha256(leaf)]
     assert report["warnings"] == []
+
+
+def test_deploy_with_no_tls_service_says_it_is_unproven(rig: Rig) -> None:
+    """A Postfix whose master.cf has no smtpd with TLS gives nothing to probe: the deploy
+    must not claim Postfix serves the certificate, and must say how to enable TLS."""
+    rig.postfix.postconf("-e", "smtpd_tls_security_level = none")
+    cool_main_cf(rig.postfix)
+    rig.lineage(rig.inter.issue(NAME))
+
+    result = rig.cli("install")
+
+    assert_ok(result)
+    assert "NOT proven" in result.stderr and "pftls-hook configure" in result.stderr
+    assert "deployed; Postfix serves" not in result.stderr
+    assert "TLS not enabled" in result.stderr
+
+
+def test_status_shows_only_the_daemon_state_of_its_own_configuration(deployed: Deployed) -> None:
+    """Two configurations sharing the lock dir (/run/pftls-hook): each sees its own daemon
+    state file, never the other's."""
+    from pftls_hook.config import Settings
+    from pftls_hook.daemon import state as watchstate
+
+    rig = deployed.rig
+    ours = Settings(
+        live_dir=rig.live,
+        postfix_config_dir=rig.postfix.config_dir,
+        install_dir=rig.install_dir,
+        lock_file=rig.lock_file,
+    )
+    other = Settings(
+        live_dir=rig.config / "elsewhere" / "live",
+        postfix_config_dir=rig.postfix.config_dir,
+        install_dir=rig.install_dir,
+        lock_file=rig.lock_file,
+    )
+    assert watchstate.state_file(ours) != watchstate.state_file(other)
+    watchstate.write(
+        watchstate.state_file(other),
+        watchstate.WatchState(pid=os.getpid(), started="2026-01-01T00:00:00+00:00", phase="idle"),
+    )
+
+    report = json.loads(rig.cli("status", "--json").stdout)
+
+    assert report["watch"] is None
+    assert "no state file for this configuration" in rig.cli("status").stdout

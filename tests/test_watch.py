@@ -510,15 +510,6 @@ def test_inotify_overflow_log_line_asks_for_a_reconcile(inbox: Inbox) -> None:
         logger.removeHandler(alarm)
 
 
-def test_deploy_path_does_not_import_watchdog() -> None:
-    """The deploy hook runs inside certbot's renewal: only `watch` pays for watchdog."""
-    code = "import sys, pftls_hook.cli; print(sorted(m for m in sys.modules if 'watch' in m))"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
-    assert out.strip() == "[]"
-
-
 # ------------------------------------------------------------------ real certbot
 
 
