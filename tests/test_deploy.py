@@ -29,7 +29,7 @@ from tests.support.fake_smtp import FakeSmtpServer
 from tests.support.net import wait_until
 from tests.support.pki import CA, CLIENT_AUTH, Leaf
 from tests.support.postfix import PostfixInstance, served_sha256, wait_for_served_sha256
-from tests.support.tool import run_cli
+from tests.support.tool import Tool, run_cli
 
 HOST = "127.0.0.1"
 NAME = "mail.test.example"  # the lineage, and the instance's myhostname
@@ -84,17 +84,11 @@ class Rig:
         env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """`python -m pftls_hook <global options> <args>` as a separate process."""
-        argv = [
-            "--live-dir", str(self.live),
-            "--postfix-config-dir", str(self.postfix.config_dir),
-            "--install-dir", str(self.install_dir),
-            "--ca-file", str(self.ca_file),
-            "--lock-file", str(self.lock_file),
-            "--probe-timeout", PROBE_TIMEOUT,
-            *options,
-            *args,
-        ]  # fmt: skip
-        return run_cli(argv, env)
+        return run_cli([*self.tool.options(), *options, *args], env)
+
+    @property
+    def tool(self) -> Tool:
+        return Tool(self.postfix, self.config.parent, self.ca_file, PROBE_TIMEOUT, self.config)
 
     def lineage(
         self,

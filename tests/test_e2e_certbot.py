@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from tests.support.certbot import Certbot
 from tests.support.pebble import Pebble
 from tests.support.postfix import PostfixInstance, served_sha256, wait_for_served_sha256
+from tests.support.tool import Tool
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +28,9 @@ def leaf_sha256(lineage: Path) -> str:
 
 
 def tool_args(certbot: Certbot, postfix: PostfixInstance, pebble: Pebble, tmp: Path) -> list[str]:
-    return [
-        "--live-dir", str(certbot.live_dir),
-        "--postfix-config-dir", str(postfix.config_dir),
-        "--install-dir", str(tmp / "tls"),
-        "--ca-file", str(pebble.root_file()),
-        "--lock-file", str(tmp / "run" / "deploy.lock"),
-    ]  # fmt: skip
+    return Tool(
+        postfix, tmp, pebble.root_file(), certbot_config_dir=certbot.live_dir.parent
+    ).options()
 
 
 def assert_root_only(path: Path) -> None:

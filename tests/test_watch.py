@@ -40,6 +40,7 @@ from tests.support.net import LOOPBACK
 from tests.support.pebble import Pebble
 from tests.support.pki import CA, Leaf
 from tests.support.postfix import PostfixInstance, served_sha256, wait_for_served_sha256
+from tests.support.tool import Tool
 
 HOST = "mail.test.example"  # the private Postfix's myhostname
 NAME = HOST  # certbot names a lineage after its first domain
@@ -83,16 +84,8 @@ class World:
         return self.tmp / "run" / "deploy.lock"
 
     def options(self, *extra: str) -> list[str]:
-        return [
-            "--config", str(self.config_file),
-            "--live-dir", str(self.live_dir),
-            "--postfix-config-dir", str(self.postfix.config_dir),
-            "--install-dir", str(self.tmp / "tls"),
-            "--ca-file", str(self.tmp / "ca.pem"),
-            "--lock-file", str(self.lock_file),
-            "--debounce", str(DEBOUNCE),
-            *extra,
-        ]  # fmt: skip
+        tool = Tool(self.postfix, self.tmp, self.tmp / "ca.pem", config_file=self.config_file)
+        return [*tool.options(), "--debounce", str(DEBOUNCE), *extra]
 
     def env(self, **extra: str) -> dict[str, str]:
         return {

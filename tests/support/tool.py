@@ -1,8 +1,9 @@
 """pftls-hook as an admin or certbot runs it: a separate process, judged from outside.
 
 `Tool` binds one private Postfix instance, one certbot config dir, one install dir and one
-trust anchor; `Tool.run(*args)` is `python -m pftls_hook <those options> <args>` with a
-clean environment (no PFTLS_HOOK_*, no RENEWED_LINEAGE from the caller). Like the rest of
+trust anchor; it is the one place that turns them into the tool's options (the deploy,
+watch, certbot and status tests all ask it). `Tool.run(*args)` is
+`python -m pftls_hook <those options> <args>` with a clean environment (no PFTLS_HOOK_*, no RENEWED_LINEAGE from the caller). Like the rest of
 tests/support, this module does not import pftls_hook.
 """
 
@@ -30,6 +31,7 @@ class Tool:
     ca_file: Path | None  # the trust anchor deploys verify against (--ca-file), if given
     probe_timeout: str = "5"
     certbot_config_dir: Path | None = None  # default: base/letsencrypt
+    config_file: Path | None = None  # --config, if given
 
     @property
     def config_dir(self) -> Path:
@@ -50,6 +52,7 @@ class Tool:
 
     def options(self) -> list[str]:
         return [
+            *(["--config", str(self.config_file)] if self.config_file else []),
             "--live-dir", str(self.live_dir),
             "--postfix-config-dir", str(self.postfix.config_dir),
             "--install-dir", str(self.install_dir),
