@@ -21,6 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from pftls_hook.setup.credentials import ENDPOINTS
 from pftls_hook.setup.obtain import certbot_command
 from tests.conftest import MakePostfix
 from tests.support.certbot import CERTBOT, Certbot
@@ -66,15 +67,24 @@ def assert_certbot_never_ran(tool: Tool) -> None:
         assert not path.exists(), f"{path} exists: certbot ran"
 
 
-def credentials(tmp_path: Path, mode: int = 0o600, owner: int = 0) -> Path:
+GOOD_CREDENTIALS = (
+    "dns_ovh_endpoint = ovh-eu\ndns_ovh_application_key = k\n"
+    "dns_ovh_application_secret = S3CRET\ndns_ovh_consumer_key = c\n"
+)
+
+
+def credentials(
+    tmp_path: Path, mode: int = 0o600, owner: int = 0, content: bytes | str = GOOD_CREDENTIALS
+) -> Path:
     path = tmp_path / "ovh.ini"
-    path.write_text(
-        "dns_ovh_endpoint = ovh-eu\ndns_ovh_application_key = k\n"
-        "dns_ovh_application_secret = s\ndns_ovh_consumer_key = c\n"
-    )
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
     path.chmod(mode)
     os.chown(path, owner, owner)
     return path
+
+
+def without(key: str) -> str:
+    return "".join(line + "\n" for line in GOOD_CREDENTIALS.splitlines() if key not in line)
 
 
 @pytest.mark.parametrize(
@@ -84,10 +94,59 @@ def credentials(tmp_path: Path, mode: int = 0o600, owner: int = 0) -> Path:
         (lambda tmp: credentials(tmp, mode=0o640), "chmod 600"),
         (lambda tmp: credentials(tmp, mode=0o604), "chmod 600"),
         (lambda tmp: credentials(tmp, owner=NOBODY), "chown root:root"),
+        (
+            lambda tmp: credentials(tmp, content=GOOD_CREDENTIALS.encode() + b"# caf\xff\n"),
+            "not UTF-8 text (byte 0xff at offset",
+        ),
+        (lambda tmp: credentials(tmp, content=b""), "lack dns_ovh_endpoint"),
+        *[
+            (lambda tmp, key=key: credentials(tmp, content=without(key)), f"lack {key}")
+            for key in (
+                "dns_ovh_endpoint",
+                "dns_ovh_application_key",
+                "dns_ovh_application_secret",
+                "dns_ovh_consumer_key",
+            )
+        ],
+        (
+            lambda tmp: credentials(
+                tmp, content=GOOD_CREDENTIALS.replace("consumer_key = c", "consumer_key =")
+            ),
+            "dns_ovh_consumer_key is empty",
+        ),
+        (
+            lambda tmp: credentials(
+                tmp, content=GOOD_CREDENTIALS.replace("S3CRET", "S3CRET, S3CRET2")
+            ),
+            "dns_ovh_application_secret is not one value",
+        ),
+        (
+            lambda tmp: credentials(tmp, content=GOOD_CREDENTIALS.replace("ovh-eu", "ovh-fr")),
+            "dns_ovh_endpoint = 'ovh-fr' is not an OVH API endpoint",
+        ),
+        (
+            lambda tmp: credentials(tmp, content=GOOD_CREDENTIALS + "dns_ovh_endpoint = ovh-ca\n"),
+            "do not parse: Duplicate keyword name at line 5",
+        ),
     ],
-    ids=["missing", "group-readable", "other-readable", "owned-by-nobody"],
+    ids=[
+        "missing",
+        "group-readable",
+        "other-readable",
+        "owned-by-nobody",
+        "not-utf8",
+        "empty-file",
+        "no-endpoint",
+        "no-application-key",
+        "no-application-secret",
+        "no-consumer-key",
+        "empty-value",
+        "list-value",
+        "unknown-endpoint",
+        "duplicate-key",
+    ],
 )
-def test_obtain_refuses_unsafe_dns_ovh_credentials_before_running_anything(
+def test_obtain_refuses_unusable_dns_ovh_credentials_before_running_anything(
     offline_tool: Tool, tmp_path: Path, make: Callable[[Path], Path], fix: str
 ) -> None:
     path = make(tmp_path)
@@ -96,7 +155,15 @@ def test_obtain_refuses_unsafe_dns_ovh_credentials_before_running_anything(
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert str(path) in result.stderr
     assert fix in result.stderr
+    # The secrets never reach the terminal.
+    assert "S3CRET" not in result.stderr
     assert_certbot_never_ran(offline_tool)
+
+
+def test_the_endpoints_accepted_are_those_the_installed_lexicon_knows() -> None:
+    from lexicon._private.providers import ovh  # certbot-dns-ovh's backend, as installed
+
+    assert set(ENDPOINTS) == set(ovh.ENDPOINTS)
 
 
 def test_installed_certbot_lists_the_dns_ovh_plugin(tmp_path: Path) -> None:

@@ -3,9 +3,9 @@
 Contract:
 - `hook_argv(settings)`: the `deploy-hook` command line with the options in use, for
   certbot to run after every issuance and renewal.
-- `obtain(settings, request)`: refuses a dns-ovh credentials file that is missing, not owned
-  by root, or open to group/others (certbot only warns) with a one-line `UsageError` saying
-  what to fix, before anything runs; then runs certbot's own CLI, `certonly ... --deploy-hook
+- `obtain(settings, request)`: refuses a dns-ovh credentials file certbot-dns-ovh could not
+  use or that others could read (`credentials.check_credentials`) with a one-line
+  `UsageError`, before anything runs; then runs certbot's own CLI, `certonly ... --deploy-hook
   <hook_argv>` with `--config-dir` = the parent of our live dir, through `runner.run` with a
   timeout; then deploys the selected lineage through `Deployer` (usually a no-op: certbot has
   just run the hook). No deploy lock is held while certbot runs, since the hook takes it.
@@ -33,6 +33,7 @@ from pftls_hook.deploy import Deployer, Outcome
 from pftls_hook.errors import CommandError, EnvironmentRefusedError, UsageError
 from pftls_hook.install import fsync_dir
 from pftls_hook.setup import AUTHENTICATORS
+from pftls_hook.setup.credentials import check_credentials
 
 log = logging.getLogger("pftls-hook")
 
@@ -122,31 +123,6 @@ def certbot_command() -> list[str]:
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
     return [sys.executable, "-c", "import sys; from certbot.main import main; sys.exit(main())"]
-
-
-def check_credentials(path: Path) -> None:
-    """The OVH API keys can change any DNS record of the zone: root only."""
-    quoted = shlex.quote(str(path))
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise UsageError(
-            f"{path}: dns-ovh credentials file not found: create it, owned by root, mode 600"
-        ) from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot check dns-ovh credentials: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise UsageError(f"{path}: dns-ovh credentials must be a regular file")
-    if st.st_uid not in (0, os.geteuid()):
-        raise UsageError(
-            f"{path}: dns-ovh credentials owned by uid {st.st_uid}, not root: "
-            f"run `chown root:root {quoted}`"
-        )
-    if st.st_mode & 0o077:
-        raise UsageError(
-            f"{path}: dns-ovh credentials open to group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):o}): run `chmod 600 {quoted}`"
-        )
 
 
 def obtain_argv(settings: Settings, request: ObtainRequest) -> list[str]:
