@@ -27,6 +27,7 @@ from tests.conftest import MakePostfix
 from tests.support.certbot import CERTBOT, Certbot
 from tests.support.net import LOOPBACK
 from tests.support.pebble import Pebble
+from tests.support.pki import CA
 from tests.support.postfix import PostfixInstance, served_sha256
 from tests.support.tool import NAME, Tool, assert_exit
 
@@ -204,6 +205,64 @@ def test_obtain_dry_run_shows_the_admins_command_with_the_hook(offline_tool: Too
     assert_certbot_never_ran(offline_tool)
 
 
+# ------------------------------------------------------------- more names for a lineage
+
+EXTRA = "smtp.test.example"
+
+
+def dry_run_obtain(tool: Tool, *domains: str) -> tuple[list[str], str]:
+    """`obtain --dry-run -d ...` (standalone): certbot's argv, and what it says it writes."""
+    args = [arg for domain in domains for arg in ("-d", domain)]
+    result = tool.run(
+        "--dry-run", "--hostname", NAME, "obtain", *args, "-m", "admin@test.example",
+        "--authenticator", "standalone",
+    )  # fmt: skip
+    assert_exit(result, EXIT_OK)
+    lines = result.stdout.splitlines()
+    argv = shlex.split(lines[0].removeprefix("would run "))
+    said = next(line for line in lines if line.startswith("certbot would write "))
+    return argv, said
+
+
+def test_obtain_names_the_lineage_to_expand_when_the_names_include_all_of_its(
+    offline_tool: Tool,
+) -> None:
+    inter = CA.root("obtain plan root").intermediate("obtain plan inter")
+    offline_tool.lineage(inter.issue(NAME))
+    offline_tool.lineage(inter.issue("other.test.example"), name="other.test.example")
+    before = tree(offline_tool.config_dir)
+
+    argv, said = dry_run_obtain(offline_tool, NAME, EXTRA)
+    assert argv[argv.index("--cert-name") + 1] == NAME
+    assert "--expand" in argv
+    assert said == f"certbot would write lineage {NAME} ({NAME}) expanded with {EXTRA}"
+
+    # The same names: that lineage again, which certbot renews only when due.
+    argv, said = dry_run_obtain(offline_tool, NAME.upper())
+    assert argv[argv.index("--cert-name") + 1] == NAME
+    assert "renewed only if due" in said
+
+    assert tree(offline_tool.config_dir) == before  # certbot never ran
+
+
+def test_obtain_makes_a_new_lineage_when_no_lineage_has_only_names_asked_for(
+    offline_tool: Tool,
+) -> None:
+    inter = CA.root("obtain plan root").intermediate("obtain plan inter")
+    offline_tool.lineage(inter.issue(NAME, EXTRA))  # more names than asked for
+    before = tree(offline_tool.config_dir)
+
+    argv, said = dry_run_obtain(offline_tool, NAME)
+    assert "--cert-name" not in argv and "--expand" not in argv
+    assert said == f"certbot would write a new lineage for {NAME}"
+    assert tree(offline_tool.config_dir) == before  # certbot never ran
+
+
+def tree(root: Path) -> set[str]:
+    """Every path under root: a dry run must leave it as it was."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
 # --------------------------------------------------------------------- register / unregister
 
 
@@ -325,3 +384,45 @@ def test_obtain_deploys_and_certbot_renew_redeploys_through_the_registered_hooks
     assert "Running deploy-hook command: " + renew_hook.removeprefix("renew_hook = ") in (
         certbot_log
     )
+
+
+def obtain_standalone(
+    tool: Tool, pebble: Pebble, certbot: Certbot, *domains: str
+) -> subprocess.CompletedProcess[str]:
+    args = [arg for domain in domains for arg in ("--domain", domain)]
+    return tool.run(
+        "obtain", *args, "--email", "admin@test.example",
+        "--authenticator", "standalone", "--server", pebble.directory_url,
+        f"--certbot-arg=--http-01-port={pebble.http01_port}",
+        f"--certbot-arg=--http-01-address={LOOPBACK}",
+        f"--certbot-arg=--work-dir={certbot.work_dir}",
+        f"--certbot-arg=--logs-dir={certbot.logs_dir}",
+        env={"REQUESTS_CA_BUNDLE": str(pebble.tls_ca_file)},
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_obtain_with_one_more_name_expands_the_lineage_and_postfix_serves_it(
+    tmp_path: Path, pebble: Pebble, certbot: Certbot, postfix: PostfixInstance
+) -> None:
+    tool = Tool(
+        postfix=postfix,
+        base=tmp_path,
+        ca_file=pebble.root_file(),
+        certbot_config_dir=certbot.config_dir,
+    )
+    assert_exit(obtain_standalone(tool, pebble, certbot, NAME), EXIT_OK)
+    lineage = certbot.live_dir / NAME
+    first = leaf_sha256(lineage)
+
+    # Without --expand certbot -n stops at "Do you want to expand and replace ...?".
+    result = obtain_standalone(tool, pebble, certbot, NAME, EXTRA)
+    assert_exit(result, EXIT_OK)
+    assert f"certbot writes lineage {NAME} ({NAME}) expanded with {EXTRA}" in result.stderr
+    assert sorted(p.name for p in certbot.live_dir.iterdir() if p.is_dir()) == [NAME]
+    cert = x509.load_pem_x509_certificate((lineage / "cert.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(san.get_values_for_type(x509.DNSName)) == sorted([NAME, EXTRA])
+    expanded = leaf_sha256(lineage)
+    assert expanded != first
+    assert served_sha256(LOOPBACK, postfix.port) == expanded

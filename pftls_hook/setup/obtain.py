@@ -7,8 +7,12 @@ Contract:
   use or that others could read (`credentials.check_credentials`) with a one-line
   `UsageError`, before anything runs; then runs certbot's own CLI, `certonly ... --deploy-hook
   <hook_argv>` with `--config-dir` = the parent of our live dir, through `runner.run` with a
-  timeout; then deploys the selected lineage through `Deployer` (usually a no-op: certbot has
-  just run the hook). No deploy lock is held while certbot runs, since the hook takes it.
+  timeout. When the names include every name of an existing lineage (read from its
+  certificate), that lineage is named (`--cert-name N --expand`): certbot would otherwise
+  stop at its non-interactive "expand and replace?" question. Otherwise certbot makes a new
+  lineage. Either way it is said, and `--dry-run` says it without running anything. Then
+  deploys the selected lineage through `Deployer` (usually a no-op: certbot has just run the
+  hook). No deploy lock is held while certbot runs, since the hook takes it.
 - `register(settings)` / `unregister(settings)`: the certbot-native hook, an executable
   `<certbot config dir>/renewal-hooks/deploy/pftls-hook` (a sh script with our marker line)
   that certbot runs after every renewal of any lineage. Written atomically, 0755, root;
@@ -30,10 +34,12 @@ from pathlib import Path
 from pftls_hook import runner
 from pftls_hook.config import DEFAULT_CONFIG, Settings, load_settings
 from pftls_hook.deploy import Deployer, Outcome
-from pftls_hook.errors import CommandError, EnvironmentRefusedError, UsageError
+from pftls_hook.errors import CommandError, EnvironmentRefusedError, RefusedError, UsageError
 from pftls_hook.install import fsync_dir
+from pftls_hook.lineage import list_lineages, read_lineage
 from pftls_hook.setup import AUTHENTICATORS
 from pftls_hook.setup.credentials import check_credentials
+from pftls_hook.verify import dns_names, parse_certificates
 
 log = logging.getLogger("pftls-hook")
 
@@ -125,8 +131,69 @@ def certbot_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from certbot.main import main; sys.exit(main())"]
 
 
-def obtain_argv(settings: Settings, request: ObtainRequest) -> list[str]:
-    """The admin's certbot command, with the deploy hook and our certbot config dir."""
+@dataclass(frozen=True)
+class LineagePlan:
+    """Which lineage certbot will write: an existing one (`cert_name`) or a new one."""
+
+    domains: tuple[str, ...]
+    cert_name: str | None = None
+    existing: tuple[str, ...] = ()  # cert_name's names now
+
+    def __str__(self) -> str:
+        if self.cert_name is None:
+            return f"a new lineage for {', '.join(self.domains)}"
+        added = [d for d in self.domains if _norm(d) not in {_norm(n) for n in self.existing}]
+        if not added:
+            return f"lineage {self.cert_name}, which has these names (renewed only if due)"
+        had = ", ".join(self.existing)
+        return f"lineage {self.cert_name} ({had}) expanded with {', '.join(added)}"
+
+    def certbot_args(self) -> list[str]:
+        return [] if self.cert_name is None else ["--cert-name", self.cert_name, "--expand"]
+
+
+def _norm(name: str) -> str:
+    # certbot lowercases the names it is given; a trailing dot names the same host.
+    return name.lower().rstrip(".")
+
+
+def lineage_names(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """Each lineage's names, as certbot sees them: the subjectAltName of its certificate.
+    A lineage that cannot be read now is left out (certbot will not match it either)."""
+    found = {}
+    for name in list_lineages(settings.live_dir):
+        try:
+            snapshot = read_lineage(
+                settings.live_dir / name, settle_timeout=settings.settle_timeout
+            )
+            leaf = parse_certificates(snapshot.files.cert, "cert.pem")[0]
+        except RefusedError as exc:
+            log.info("%s: names not read: %s", name, exc)
+            continue
+        found[name] = tuple(dns_names(leaf))
+    return found
+
+
+def plan_lineage(settings: Settings, domains: Sequence[str]) -> LineagePlan:
+    """The lineage whose names are all among `domains` (the one with most names, if
+    several): certbot asks before expanding it, so it is named. None such: a new one."""
+    wanted = {_norm(d) for d in domains}
+    subsets = [
+        (len(names), cert_name, names)
+        for cert_name, names in lineage_names(settings).items()
+        if names and {_norm(n) for n in names} <= wanted
+    ]
+    if not subsets:
+        return LineagePlan(tuple(domains))
+    _, cert_name, names = max(subsets)
+    return LineagePlan(tuple(domains), cert_name, names)
+
+
+def obtain_argv(
+    settings: Settings, request: ObtainRequest, plan: LineagePlan | None = None
+) -> list[str]:
+    """The admin's certbot command, with the deploy hook, our certbot config dir and the
+    lineage to expand, if any."""
     argv = [*certbot_command(), "certonly"]
     if request.authenticator == "dns-ovh":
         argv += [
@@ -145,6 +212,8 @@ def obtain_argv(settings: Settings, request: ObtainRequest) -> list[str]:
     argv += ["--config-dir", str(settings.certbot_config_dir.absolute())]
     if request.server:
         argv += ["--server", request.server]
+    if plan is not None:
+        argv += plan.certbot_args()
     # certbot stores this as renew_hook in renewal/<name>.conf: every renewal redeploys.
     argv += ["--deploy-hook", shlex.join(hook_argv(settings))]
     return [*argv, *request.certbot_args]
@@ -202,11 +271,18 @@ def obtain(
             f"the certificate would not cover {', '.join(missing)}, the name Postfix must "
             f"serve (myhostname, or --hostname): add --domain {missing[0]}"
         )
-    argv = obtain_argv(settings, request)
+    plan = None
+    if not any(a.split("=")[0] in ("--cert-name", "--expand") for a in request.certbot_args):
+        plan = plan_lineage(settings, request.domains)  # else the admin chose
+    argv = obtain_argv(settings, request, plan)
     if settings.dry_run:
         echo(f"would run {shlex.join(argv)}")
+        if plan is not None:
+            echo(f"certbot would write {plan}")
         echo(f"then deploy the lineage covering {', '.join(hostnames)}")
         return None
+    if plan is not None:
+        log.info("certbot writes %s", plan)
     log.info("running certbot certonly for %s", ", ".join(request.domains))
     result = runner.run(
         argv, timeout=request.propagation_seconds + CERTBOT_TIMEOUT, keep_env=CERTBOT_ENV
@@ -308,10 +384,12 @@ def unregister(settings: Settings, *, echo: Callable[[str], None] = print) -> st
 
 
 __all__ = [
+    "LineagePlan",
     "ObtainRequest",
     "check_credentials",
     "hook_argv",
     "obtain",
+    "plan_lineage",
     "register",
     "unregister",
 ]
