@@ -1,9 +1,11 @@
 """`pftls-hook obtain`, `register`, `unregister`: certbot run for the admin, with the deploy
 hook in place so that every renewal reaches Postfix.
 
-The slow test runs real certbot against pebble (`--authenticator standalone`: no DNS here)
-and a real private Postfix, then renews with certbot itself. The dns-ovh refusals check the
-credentials file before anything runs; the installed certbot must list the dns-ovh plugin.
+The slow tests here run real certbot against pebble with `--authenticator standalone` and a
+real private Postfix, then renew with certbot itself, or expand the lineage with one more
+name; the dns-ovh authenticator is run end to end in test_obtain_dns_ovh.py. The dns-ovh
+refusals check the credentials file before anything runs; the installed certbot must list
+the dns-ovh plugin.
 """
 
 from __future__ import annotations
