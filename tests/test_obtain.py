@@ -244,6 +244,18 @@ def test_obtain_names_the_lineage_to_expand_when_the_names_include_all_of_its(
     assert argv[argv.index("--cert-name") + 1] == NAME
     assert "renewed only if due" in said
 
+    # The admin's own --cert-name: left to certbot, nothing added.
+    result = offline_tool.run(
+        "--dry-run", "--hostname", NAME, "obtain", "-d", NAME, "-d", EXTRA,
+        "-m", "admin@test.example", "--authenticator", "standalone",
+        "--certbot-arg=--cert-name=mine",
+    )  # fmt: skip
+    assert_exit(result, EXIT_OK)
+    argv = shlex.split(result.stdout.splitlines()[0].removeprefix("would run "))
+    assert "--expand" not in argv and "--cert-name" not in argv
+    assert argv[-1] == "--cert-name=mine"
+    assert "certbot would write" not in result.stdout
+
     assert tree(offline_tool.config_dir) == before  # certbot never ran
 
 
@@ -336,20 +348,24 @@ def test_the_hook_carries_the_config_file_and_only_the_options_that_differ_from_
 # ------------------------------------------------------ end to end: pebble, certbot, Postfix
 
 
-@pytest.mark.slow
-def test_obtain_deploys_and_certbot_renew_redeploys_through_the_registered_hooks(
+def certbot_tool(
     tmp_path: Path, pebble: Pebble, certbot: Certbot, postfix: PostfixInstance
-) -> None:
-    # certbot's config dir is the test certbot's: `certbot renew` below sees the lineage.
-    tool = Tool(
+) -> Tool:
+    """certbot's config dir is the test certbot's: `certbot renew` sees the lineage."""
+    return Tool(
         postfix=postfix,
         base=tmp_path,
         ca_file=pebble.root_file(),
         certbot_config_dir=certbot.config_dir,
     )
-    live = certbot.live_dir
-    result = tool.run(
-        "obtain", "--domain", NAME, "--email", "admin@test.example",
+
+
+def obtain_standalone(
+    tool: Tool, pebble: Pebble, certbot: Certbot, *domains: str
+) -> subprocess.CompletedProcess[str]:
+    args = [arg for domain in domains for arg in ("--domain", domain)]
+    return tool.run(
+        "obtain", *args, "--email", "admin@test.example",
         "--authenticator", "standalone", "--server", pebble.directory_url,
         f"--certbot-arg=--http-01-port={pebble.http01_port}",
         f"--certbot-arg=--http-01-address={LOOPBACK}",
@@ -357,7 +373,15 @@ def test_obtain_deploys_and_certbot_renew_redeploys_through_the_registered_hooks
         f"--certbot-arg=--logs-dir={certbot.logs_dir}",
         env={"REQUESTS_CA_BUNDLE": str(pebble.tls_ca_file)},
     )  # fmt: skip
-    assert_exit(result, EXIT_OK)
+
+
+@pytest.mark.slow
+def test_obtain_deploys_and_certbot_renew_redeploys_through_the_registered_hooks(
+    tmp_path: Path, pebble: Pebble, certbot: Certbot, postfix: PostfixInstance
+) -> None:
+    tool = certbot_tool(tmp_path, pebble, certbot, postfix)
+    live = certbot.live_dir
+    assert_exit(obtain_standalone(tool, pebble, certbot, NAME), EXIT_OK)
     lineage = live / NAME
     first = leaf_sha256(lineage)
     assert served_sha256(LOOPBACK, postfix.port) == first
@@ -388,31 +412,11 @@ def test_obtain_deploys_and_certbot_renew_redeploys_through_the_registered_hooks
     )
 
 
-def obtain_standalone(
-    tool: Tool, pebble: Pebble, certbot: Certbot, *domains: str
-) -> subprocess.CompletedProcess[str]:
-    args = [arg for domain in domains for arg in ("--domain", domain)]
-    return tool.run(
-        "obtain", *args, "--email", "admin@test.example",
-        "--authenticator", "standalone", "--server", pebble.directory_url,
-        f"--certbot-arg=--http-01-port={pebble.http01_port}",
-        f"--certbot-arg=--http-01-address={LOOPBACK}",
-        f"--certbot-arg=--work-dir={certbot.work_dir}",
-        f"--certbot-arg=--logs-dir={certbot.logs_dir}",
-        env={"REQUESTS_CA_BUNDLE": str(pebble.tls_ca_file)},
-    )  # fmt: skip
-
-
 @pytest.mark.slow
 def test_obtain_with_one_more_name_expands_the_lineage_and_postfix_serves_it(
     tmp_path: Path, pebble: Pebble, certbot: Certbot, postfix: PostfixInstance
 ) -> None:
-    tool = Tool(
-        postfix=postfix,
-        base=tmp_path,
-        ca_file=pebble.root_file(),
-        certbot_config_dir=certbot.config_dir,
-    )
+    tool = certbot_tool(tmp_path, pebble, certbot, postfix)
     assert_exit(obtain_standalone(tool, pebble, certbot, NAME), EXIT_OK)
     lineage = certbot.live_dir / NAME
     first = leaf_sha256(lineage)

@@ -12,7 +12,6 @@ public suffix list, which has no `.test`.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,8 +20,6 @@ from pathlib import Path
 import dns.rcode
 import dns.rdatatype
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.conftest import MakePostfix
 from tests.support.certbot import Certbot
@@ -33,6 +30,7 @@ from tests.support.ovh_api import OvhApi, OvhApiServer
 from tests.support.pebble import Pebble
 from tests.support.postfix import PostfixInstance, served_sha256
 from tests.support.tool import Tool, assert_exit
+from tests.test_obtain import leaf_sha256
 
 ZONE = "example.net"
 MAIL = f"mail.{ZONE}"
@@ -117,11 +115,6 @@ def ovh_rig(tmp_path: Path, make_postfix: MakePostfix) -> Iterator[OvhRig]:
         server.stop()
         pebble.stop()
         knot.stop()
-
-
-def leaf_sha256(lineage: Path) -> str:
-    cert = x509.load_pem_x509_certificate((lineage / "cert.pem").read_bytes())
-    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
 
 
 def challenge_round_trips(api: OvhApi) -> list[str]:
