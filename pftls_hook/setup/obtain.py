@@ -159,7 +159,8 @@ def _norm(name: str) -> str:
 
 def lineage_names(settings: Settings) -> dict[str, tuple[str, ...]]:
     """Each lineage's names, as certbot sees them: the subjectAltName of its certificate.
-    A lineage that cannot be read now is left out (certbot will not match it either)."""
+    A lineage that cannot be read safely now is left out: rather than name one we could not
+    check, certbot is left to make a new lineage."""
     found = {}
     for name in list_lineages(settings.live_dir):
         try:
@@ -235,9 +236,9 @@ def _validate(request: ObtainRequest) -> None:
 
 
 def _covered(hostname: str, domains: Sequence[str]) -> bool:
-    host = hostname.lower().rstrip(".")
+    host = _norm(hostname)
     for domain in domains:
-        pattern = domain.lower().rstrip(".")
+        pattern = _norm(domain)
         if pattern == host or (pattern.startswith("*.") and host.partition(".")[2] == pattern[2:]):
             return True
     return False
