@@ -199,7 +199,8 @@ class OvhApi:
 
 
 def _txt(target: str) -> str:
-    """A TXT rdata in zone-file text: OVH stores the target with or without its quotes."""
+    """A TXT rdata in zone-file text: OVH stores the target with or without its quotes.
+    (JSON quoting equals zone-file quoting for the base64url values ACME puts there.)"""
     return target if target.startswith('"') else json.dumps(target)
 
 
