@@ -34,7 +34,7 @@ from pftls_hook.errors import (
     UsageError,
 )
 from pftls_hook.lineage import renewed_lineage
-from pftls_hook.setup import AUTHENTICATORS, CLIENT_LEVELS
+from pftls_hook.setup import AUTHENTICATORS, CLIENT_LEVELS, OBTAIN_EPILOG, PROPAGATION_HELP
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 EXIT_ROLLED_BACK, EXIT_ROLLBACK_FAILED, EXIT_CANNOT = 4, 5, 6
@@ -238,12 +238,20 @@ def _add_setup_commands(sub: Any, after: argparse.ArgumentParser) -> None:
     configure.add_argument(
         "--ca-path", metavar="DIR", help="a hashed CA directory instead of --ca-file"
     )
-    obtain = sub.add_parser("obtain", parents=[after], help="certbot certonly, then deploy")
+    obtain = sub.add_parser(
+        "obtain",
+        parents=[after],
+        help="certbot certonly, then deploy",
+        epilog=OBTAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     obtain.add_argument("-d", "--domain", metavar="NAME", action="append", required=True)
     obtain.add_argument("-m", "--email", metavar="ADDR", required=True)
     obtain.add_argument("--authenticator", choices=AUTHENTICATORS, default="dns-ovh")
-    obtain.add_argument("--dns-ovh-credentials", metavar="FILE")
-    obtain.add_argument("--propagation-seconds", metavar="N", type=int, default=60)
+    obtain.add_argument("--dns-ovh-credentials", metavar="FILE", help="OVH API keys (see below)")
+    obtain.add_argument(
+        "--propagation-seconds", metavar="N", type=int, default=60, help=PROPAGATION_HELP
+    )
     obtain.add_argument("--server", metavar="URL")
     obtain.add_argument("--webroot-path", metavar="DIR")
     obtain.add_argument("--certbot-arg", metavar="ARG", action="append", default=[])

@@ -1,9 +1,11 @@
 """`pftls-hook obtain`, `register`, `unregister`: certbot run for the admin, with the deploy
 hook in place so that every renewal reaches Postfix.
 
-The slow test runs real certbot against pebble (`--authenticator standalone`: no DNS here)
-and a real private Postfix, then renews with certbot itself. The dns-ovh refusals check the
-credentials file before anything runs; the installed certbot must list the dns-ovh plugin.
+The slow tests here run real certbot against pebble with `--authenticator standalone` and a
+real private Postfix, then renew with certbot itself, or expand the lineage with one more
+name; the dns-ovh authenticator is run end to end in test_obtain_dns_ovh.py. The dns-ovh
+refusals check the credentials file before anything runs; the installed certbot must list
+the dns-ovh plugin.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from pftls_hook.setup.credentials import ENDPOINTS
 from pftls_hook.setup.obtain import certbot_command
 from tests.conftest import MakePostfix
 from tests.support.certbot import CERTBOT, Certbot
 from tests.support.net import LOOPBACK
 from tests.support.pebble import Pebble
+from tests.support.pki import CA
 from tests.support.postfix import PostfixInstance, served_sha256
 from tests.support.tool import NAME, Tool, assert_exit
 
@@ -66,15 +70,24 @@ def assert_certbot_never_ran(tool: Tool) -> None:
         assert not path.exists(), f"{path} exists: certbot ran"
 
 
-def credentials(tmp_path: Path, mode: int = 0o600, owner: int = 0) -> Path:
+GOOD_CREDENTIALS = (
+    "dns_ovh_endpoint = ovh-eu\ndns_ovh_application_key = k\n"
+    "dns_ovh_application_secret = S3CRET\ndns_ovh_consumer_key = c\n"
+)
+
+
+def credentials(
+    tmp_path: Path, mode: int = 0o600, owner: int = 0, content: bytes | str = GOOD_CREDENTIALS
+) -> Path:
     path = tmp_path / "ovh.ini"
-    path.write_text(
-        "dns_ovh_endpoint = ovh-eu\ndns_ovh_application_key = k\n"
-        "dns_ovh_application_secret = s\ndns_ovh_consumer_key = c\n"
-    )
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
     path.chmod(mode)
     os.chown(path, owner, owner)
     return path
+
+
+def without(key: str) -> str:
+    return "".join(line + "\n" for line in GOOD_CREDENTIALS.splitlines() if key not in line)
 
 
 @pytest.mark.parametrize(
@@ -84,10 +97,59 @@ def credentials(tmp_path: Path, mode: int = 0o600, owner: int = 0) -> Path:
         (lambda tmp: credentials(tmp, mode=0o640), "chmod 600"),
         (lambda tmp: credentials(tmp, mode=0o604), "chmod 600"),
         (lambda tmp: credentials(tmp, owner=NOBODY), "chown root:root"),
+        (
+            lambda tmp: credentials(tmp, content=GOOD_CREDENTIALS.encode() + b"# caf\xff\n"),
+            "not UTF-8 text (byte 0xff at offset",
+        ),
+        (lambda tmp: credentials(tmp, content=b""), "lack dns_ovh_endpoint"),
+        *[
+            (lambda tmp, key=key: credentials(tmp, content=without(key)), f"lack {key}")
+            for key in (
+                "dns_ovh_endpoint",
+                "dns_ovh_application_key",
+                "dns_ovh_application_secret",
+                "dns_ovh_consumer_key",
+            )
+        ],
+        (
+            lambda tmp: credentials(
+                tmp, content=GOOD_CREDENTIALS.replace("consumer_key = c", "consumer_key =")
+            ),
+            "dns_ovh_consumer_key is empty",
+        ),
+        (
+            lambda tmp: credentials(
+                tmp, content=GOOD_CREDENTIALS.replace("S3CRET", "S3CRET, S3CRET2")
+            ),
+            "dns_ovh_application_secret is not one value",
+        ),
+        (
+            lambda tmp: credentials(tmp, content=GOOD_CREDENTIALS.replace("ovh-eu", "ovh-fr")),
+            "dns_ovh_endpoint = 'ovh-fr' is not an OVH API endpoint",
+        ),
+        (
+            lambda tmp: credentials(tmp, content=GOOD_CREDENTIALS + "dns_ovh_endpoint = ovh-ca\n"),
+            "do not parse: Duplicate keyword name at line 5",
+        ),
     ],
-    ids=["missing", "group-readable", "other-readable", "owned-by-nobody"],
+    ids=[
+        "missing",
+        "group-readable",
+        "other-readable",
+        "owned-by-nobody",
+        "not-utf8",
+        "empty-file",
+        "no-endpoint",
+        "no-application-key",
+        "no-application-secret",
+        "no-consumer-key",
+        "empty-value",
+        "list-value",
+        "unknown-endpoint",
+        "duplicate-key",
+    ],
 )
-def test_obtain_refuses_unsafe_dns_ovh_credentials_before_running_anything(
+def test_obtain_refuses_unusable_dns_ovh_credentials_before_running_anything(
     offline_tool: Tool, tmp_path: Path, make: Callable[[Path], Path], fix: str
 ) -> None:
     path = make(tmp_path)
@@ -96,7 +158,15 @@ def test_obtain_refuses_unsafe_dns_ovh_credentials_before_running_anything(
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert str(path) in result.stderr
     assert fix in result.stderr
+    # The secrets never reach the terminal.
+    assert "S3CRET" not in result.stderr
     assert_certbot_never_ran(offline_tool)
+
+
+def test_the_endpoints_accepted_are_those_the_installed_lexicon_knows() -> None:
+    from lexicon._private.providers import ovh  # certbot-dns-ovh's backend, as installed
+
+    assert set(ENDPOINTS) == set(ovh.ENDPOINTS)
 
 
 def test_installed_certbot_lists_the_dns_ovh_plugin(tmp_path: Path) -> None:
@@ -135,6 +205,76 @@ def test_obtain_dry_run_shows_the_admins_command_with_the_hook(offline_tool: Too
         assert option in hook
     assert hook[hook.index("--hostname") + 1] == NAME
     assert_certbot_never_ran(offline_tool)
+
+
+# ------------------------------------------------------------- more names for a lineage
+
+EXTRA = "smtp.test.example"
+
+
+def dry_run_obtain(tool: Tool, *domains: str) -> tuple[list[str], str]:
+    """`obtain --dry-run -d ...` (standalone): certbot's argv, and what it says it writes."""
+    args = [arg for domain in domains for arg in ("-d", domain)]
+    result = tool.run(
+        "--dry-run", "--hostname", NAME, "obtain", *args, "-m", "admin@test.example",
+        "--authenticator", "standalone",
+    )  # fmt: skip
+    assert_exit(result, EXIT_OK)
+    lines = result.stdout.splitlines()
+    argv = shlex.split(lines[0].removeprefix("would run "))
+    said = next(line for line in lines if line.startswith("certbot would write "))
+    return argv, said
+
+
+def test_obtain_names_the_lineage_to_expand_when_the_names_include_all_of_its(
+    offline_tool: Tool,
+) -> None:
+    inter = CA.root("obtain plan root").intermediate("obtain plan inter")
+    offline_tool.lineage(inter.issue(NAME))
+    offline_tool.lineage(inter.issue("other.test.example"), name="other.test.example")
+    before = tree(offline_tool.config_dir)
+
+    argv, said = dry_run_obtain(offline_tool, NAME, EXTRA)
+    assert argv[argv.index("--cert-name") + 1] == NAME
+    assert "--expand" in argv
+    assert said == f"certbot would write lineage {NAME} ({NAME}) expanded with {EXTRA}"
+
+    # The same names: that lineage again, which certbot renews only when due.
+    argv, said = dry_run_obtain(offline_tool, NAME.upper())
+    assert argv[argv.index("--cert-name") + 1] == NAME
+    assert "renewed only if due" in said
+
+    # The admin's own --cert-name: left to certbot, nothing added.
+    result = offline_tool.run(
+        "--dry-run", "--hostname", NAME, "obtain", "-d", NAME, "-d", EXTRA,
+        "-m", "admin@test.example", "--authenticator", "standalone",
+        "--certbot-arg=--cert-name=mine",
+    )  # fmt: skip
+    assert_exit(result, EXIT_OK)
+    argv = shlex.split(result.stdout.splitlines()[0].removeprefix("would run "))
+    assert "--expand" not in argv and "--cert-name" not in argv
+    assert argv[-1] == "--cert-name=mine"
+    assert "certbot would write" not in result.stdout
+
+    assert tree(offline_tool.config_dir) == before  # certbot never ran
+
+
+def test_obtain_makes_a_new_lineage_when_no_lineage_has_only_names_asked_for(
+    offline_tool: Tool,
+) -> None:
+    inter = CA.root("obtain plan root").intermediate("obtain plan inter")
+    offline_tool.lineage(inter.issue(NAME, EXTRA))  # more names than asked for
+    before = tree(offline_tool.config_dir)
+
+    argv, said = dry_run_obtain(offline_tool, NAME)
+    assert "--cert-name" not in argv and "--expand" not in argv
+    assert said == f"certbot would write a new lineage for {NAME}"
+    assert tree(offline_tool.config_dir) == before  # certbot never ran
+
+
+def tree(root: Path) -> set[str]:
+    """Every path under root: a dry run must leave it as it was."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
 # --------------------------------------------------------------------- register / unregister
@@ -208,20 +348,24 @@ def test_the_hook_carries_the_config_file_and_only_the_options_that_differ_from_
 # ------------------------------------------------------ end to end: pebble, certbot, Postfix
 
 
-@pytest.mark.slow
-def test_obtain_deploys_and_certbot_renew_redeploys_through_the_registered_hooks(
+def certbot_tool(
     tmp_path: Path, pebble: Pebble, certbot: Certbot, postfix: PostfixInstance
-) -> None:
-    # certbot's config dir is the test certbot's: `certbot renew` below sees the lineage.
-    tool = Tool(
+) -> Tool:
+    """certbot's config dir is the test certbot's: `certbot renew` sees the lineage."""
+    return Tool(
         postfix=postfix,
         base=tmp_path,
         ca_file=pebble.root_file(),
         certbot_config_dir=certbot.config_dir,
     )
-    live = certbot.live_dir
-    result = tool.run(
-        "obtain", "--domain", NAME, "--email", "admin@test.example",
+
+
+def obtain_standalone(
+    tool: Tool, pebble: Pebble, certbot: Certbot, *domains: str
+) -> subprocess.CompletedProcess[str]:
+    args = [arg for domain in domains for arg in ("--domain", domain)]
+    return tool.run(
+        "obtain", *args, "--email", "admin@test.example",
         "--authenticator", "standalone", "--server", pebble.directory_url,
         f"--certbot-arg=--http-01-port={pebble.http01_port}",
         f"--certbot-arg=--http-01-address={LOOPBACK}",
@@ -229,7 +373,15 @@ def test_obtain_deploys_and_certbot_renew_redeploys_through_the_registered_hooks
         f"--certbot-arg=--logs-dir={certbot.logs_dir}",
         env={"REQUESTS_CA_BUNDLE": str(pebble.tls_ca_file)},
     )  # fmt: skip
-    assert_exit(result, EXIT_OK)
+
+
+@pytest.mark.slow
+def test_obtain_deploys_and_certbot_renew_redeploys_through_the_registered_hooks(
+    tmp_path: Path, pebble: Pebble, certbot: Certbot, postfix: PostfixInstance
+) -> None:
+    tool = certbot_tool(tmp_path, pebble, certbot, postfix)
+    live = certbot.live_dir
+    assert_exit(obtain_standalone(tool, pebble, certbot, NAME), EXIT_OK)
     lineage = live / NAME
     first = leaf_sha256(lineage)
     assert served_sha256(LOOPBACK, postfix.port) == first
@@ -258,3 +410,25 @@ def test_obtain_deploys_and_certbot_renew_redeploys_through_the_registered_hooks
     assert "Running deploy-hook command: " + renew_hook.removeprefix("renew_hook = ") in (
         certbot_log
     )
+
+
+@pytest.mark.slow
+def test_obtain_with_one_more_name_expands_the_lineage_and_postfix_serves_it(
+    tmp_path: Path, pebble: Pebble, certbot: Certbot, postfix: PostfixInstance
+) -> None:
+    tool = certbot_tool(tmp_path, pebble, certbot, postfix)
+    assert_exit(obtain_standalone(tool, pebble, certbot, NAME), EXIT_OK)
+    lineage = certbot.live_dir / NAME
+    first = leaf_sha256(lineage)
+
+    # Without --expand certbot -n stops at "Do you want to expand and replace ...?".
+    result = obtain_standalone(tool, pebble, certbot, NAME, EXTRA)
+    assert_exit(result, EXIT_OK)
+    assert f"certbot writes lineage {NAME} ({NAME}) expanded with {EXTRA}" in result.stderr
+    assert sorted(p.name for p in certbot.live_dir.iterdir() if p.is_dir()) == [NAME]
+    cert = x509.load_pem_x509_certificate((lineage / "cert.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(san.get_values_for_type(x509.DNSName)) == sorted([NAME, EXTRA])
+    expanded = leaf_sha256(lineage)
+    assert expanded != first
+    assert served_sha256(LOOPBACK, postfix.port) == expanded

@@ -3,12 +3,16 @@
 Contract:
 - `hook_argv(settings)`: the `deploy-hook` command line with the options in use, for
   certbot to run after every issuance and renewal.
-- `obtain(settings, request)`: refuses a dns-ovh credentials file that is missing, not owned
-  by root, or open to group/others (certbot only warns) with a one-line `UsageError` saying
-  what to fix, before anything runs; then runs certbot's own CLI, `certonly ... --deploy-hook
+- `obtain(settings, request)`: refuses a dns-ovh credentials file certbot-dns-ovh could not
+  use or that others could read (`credentials.check_credentials`) with a one-line
+  `UsageError`, before anything runs; then runs certbot's own CLI, `certonly ... --deploy-hook
   <hook_argv>` with `--config-dir` = the parent of our live dir, through `runner.run` with a
-  timeout; then deploys the selected lineage through `Deployer` (usually a no-op: certbot has
-  just run the hook). No deploy lock is held while certbot runs, since the hook takes it.
+  timeout. When the names include every name of an existing lineage (read from its
+  certificate), that lineage is named (`--cert-name N --expand`): certbot would otherwise
+  stop at its non-interactive "expand and replace?" question. Otherwise certbot makes a new
+  lineage. Either way it is said, and `--dry-run` says it without running anything. Then
+  deploys the selected lineage through `Deployer` (usually a no-op: certbot has just run the
+  hook). No deploy lock is held while certbot runs, since the hook takes it.
 - `register(settings)` / `unregister(settings)`: the certbot-native hook, an executable
   `<certbot config dir>/renewal-hooks/deploy/pftls-hook` (a sh script with our marker line)
   that certbot runs after every renewal of any lineage. Written atomically, 0755, root;
@@ -23,17 +27,20 @@ import shlex
 import stat
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pftls_hook import runner
 from pftls_hook.config import DEFAULT_CONFIG, Settings, load_settings
 from pftls_hook.deploy import Deployer, Outcome
-from pftls_hook.errors import CommandError, EnvironmentRefusedError, UsageError
+from pftls_hook.errors import CommandError, EnvironmentRefusedError, RefusedError, UsageError
 from pftls_hook.fsutil import fsync_dir
+from pftls_hook.lineage import list_lineages
+from pftls_hook.select import leaf_of
 from pftls_hook.setup import AUTHENTICATORS
-from pftls_hook.verify import name_covers
+from pftls_hook.setup.credentials import check_credentials
+from pftls_hook.verify import dns_names, name_covers
 
 log = logging.getLogger("pftls-hook")
 
@@ -125,33 +132,67 @@ def certbot_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from certbot.main import main; sys.exit(main())"]
 
 
-def check_credentials(path: Path) -> None:
-    """The OVH API keys can change any DNS record of the zone: root only."""
-    quoted = shlex.quote(str(path))
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise UsageError(
-            f"{path}: dns-ovh credentials file not found: create it, owned by root, mode 600"
-        ) from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot check dns-ovh credentials: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise UsageError(f"{path}: dns-ovh credentials must be a regular file")
-    if st.st_uid not in (0, os.geteuid()):
-        raise UsageError(
-            f"{path}: dns-ovh credentials owned by uid {st.st_uid}, not root: "
-            f"run `chown root:root {quoted}`"
-        )
-    if st.st_mode & 0o077:
-        raise UsageError(
-            f"{path}: dns-ovh credentials open to group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):o}): run `chmod 600 {quoted}`"
-        )
+@dataclass(frozen=True)
+class LineagePlan:
+    """Which lineage certbot will write: an existing one (`cert_name`) or a new one."""
+
+    domains: tuple[str, ...]
+    cert_name: str | None = None
+    existing: tuple[str, ...] = ()  # cert_name's names now
+
+    def __str__(self) -> str:
+        if self.cert_name is None:
+            return f"a new lineage for {', '.join(self.domains)}"
+        added = [d for d in self.domains if _norm(d) not in {_norm(n) for n in self.existing}]
+        if not added:
+            return f"lineage {self.cert_name}, which has these names (renewed only if due)"
+        had = ", ".join(self.existing)
+        return f"lineage {self.cert_name} ({had}) expanded with {', '.join(added)}"
+
+    def certbot_args(self) -> list[str]:
+        return [] if self.cert_name is None else ["--cert-name", self.cert_name, "--expand"]
 
 
-def obtain_argv(settings: Settings, request: ObtainRequest) -> list[str]:
-    """The admin's certbot command, with the deploy hook and our certbot config dir."""
+def _norm(name: str) -> str:
+    # certbot lowercases the names it is given; a trailing dot names the same host.
+    return name.lower().rstrip(".")
+
+
+def lineage_names(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """Each lineage's names, as certbot sees them: the subjectAltName of its certificate.
+    A lineage that cannot be read safely now is left out: rather than name one we could not
+    check, certbot is left to make a new lineage."""
+    found = {}
+    for name in list_lineages(settings.live_dir):
+        try:
+            leaf = leaf_of(settings, name)
+        except RefusedError as exc:
+            log.info("%s: names not read: %s", name, exc)
+            continue
+        found[name] = tuple(dns_names(leaf))
+    return found
+
+
+def plan_lineage(settings: Settings, domains: Sequence[str]) -> LineagePlan:
+    """The lineage whose names are all among `domains` (the one with most names, if
+    several): certbot asks before expanding it, so it is named. None such: a new one."""
+    wanted = {_norm(d) for d in domains}
+    subsets = [
+        (len(names), cert_name, names)
+        for cert_name, names in lineage_names(settings).items()
+        if names and {_norm(n) for n in names} <= wanted
+    ]
+    if not subsets:
+        return LineagePlan(tuple(domains))
+    _, cert_name, names = max(subsets)
+    return LineagePlan(tuple(domains), cert_name, names)
+
+
+def obtain_argv(
+    settings: Settings, request: ObtainRequest, plan: LineagePlan | None = None
+) -> list[str]:
+    """The admin's certbot command, with the deploy hook, our certbot config dir and the
+    lineage to expand, if any."""
     argv = [*certbot_command(), "certonly"]
     if request.authenticator == "dns-ovh":
         argv += [
@@ -170,6 +211,8 @@ def obtain_argv(settings: Settings, request: ObtainRequest) -> list[str]:
     argv += ["--config-dir", str(settings.certbot_config_dir.absolute())]
     if request.server:
         argv += ["--server", request.server]
+    if plan is not None:
+        argv += plan.certbot_args()
     # certbot stores this as renew_hook in renewal/<name>.conf: every renewal redeploys.
     argv += ["--deploy-hook", shlex.join(hook_argv(settings))]
     return [*argv, *request.certbot_args]
@@ -218,11 +261,18 @@ def obtain(
             f"the certificate would not cover {', '.join(missing)}, the name Postfix must "
             f"serve (myhostname, or --hostname): add --domain {missing[0]}"
         )
-    argv = obtain_argv(settings, request)
+    plan = None
+    if not any(a.split("=")[0] in ("--cert-name", "--expand") for a in request.certbot_args):
+        plan = plan_lineage(settings, request.domains)  # else the admin chose
+    argv = obtain_argv(settings, request, plan)
     if settings.dry_run:
         echo(f"would run {shlex.join(argv)}")
+        if plan is not None:
+            echo(f"certbot would write {plan}")
         echo(f"then deploy the lineage covering {', '.join(hostnames)}")
         return None
+    if plan is not None:
+        log.info("certbot writes %s", plan)
     log.info("running certbot certonly for %s", ", ".join(request.domains))
     result = runner.run(
         argv, timeout=request.propagation_seconds + CERTBOT_TIMEOUT, keep_env=CERTBOT_ENV
@@ -324,10 +374,12 @@ def unregister(settings: Settings, *, echo: Callable[[str], None] = print) -> st
 
 
 __all__ = [
+    "LineagePlan",
     "ObtainRequest",
     "check_credentials",
     "hook_argv",
     "obtain",
+    "plan_lineage",
     "register",
     "unregister",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .net import LOOPBACK
@@ -71,16 +71,23 @@ class Certbot:
         ]
 
     def run(
-        self, args: Sequence[str], *, check: bool = True, timeout: float = CERTBOT_TIMEOUT
+        self,
+        args: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = CERTBOT_TIMEOUT,
+        prefix: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """certbot <args> with the common isolation flags appended."""
-        argv = [str(CERTBOT), *args, *self._common()]
+        """certbot <args> with the common isolation flags appended; `prefix` runs it through
+        another command, `env` adds to its environment."""
+        argv = [*prefix, str(CERTBOT), *args, *self._common()]
         self.base.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run(
             argv,
             capture_output=True,
             text=True,
-            env=self.env(),
+            env={**self.env(), **(env or {})},
             timeout=timeout,
             check=False,
             stdin=subprocess.DEVNULL,

@@ -6,6 +6,10 @@ after a failure (lazily, `umount -l`, if something still holds it open).
         fill(install_dir, leave=4096)          # ENOSPC after one more page
         remount(install_dir, read_only=True)   # EROFS
     with read_only_bind(config_dir): ...       # the same directory, read-only
+
+`private_hosts(hosts_file, argv)` is the argument list that runs argv in a mount namespace of
+its own where hosts_file is bound over /etc/hosts: the names it maps (an API host to a
+loopback stand-in) resolve so for that process tree alone.
 """
 
 from __future__ import annotations
@@ -82,4 +86,12 @@ def fill(path: Path, *, leave: int, name: str = "filler") -> Path:
     return filler
 
 
-__all__ = ["fill", "read_only_bind", "remount", "tmpfs"]
+def private_hosts(hosts_file: Path, argv: list[str]) -> list[str]:
+    """argv run by `unshare -m` (private propagation: the bind mount never reaches the
+    machine's namespace) after binding hosts_file over /etc/hosts."""
+    script = 'mount --bind "$0" /etc/hosts && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+            str(hosts_file), *argv]  # fmt: skip
+
+
+__all__ = ["fill", "private_hosts", "read_only_bind", "remount", "tmpfs"]

@@ -23,13 +23,17 @@ HTTP_TIMEOUT = 10.0
 class Pebble:
     """One pebble process with its own config, TLS certificate and ports.
 
-    Challenges are not really validated (PEBBLE_VA_ALWAYS_VALID=1): the tests
-    are about what happens after issuance, and there is no DNS here. certbot
-    --standalone still binds http01_port, so that port must be free.
+    By default challenges are not really validated (PEBBLE_VA_ALWAYS_VALID=1): the
+    tests are about what happens after issuance. certbot --standalone still binds
+    http01_port, so that port must be free. With `dns_server` ("ADDR:PORT", a test
+    DNS server) pebble validates for real, resolving through that server alone
+    (`-dnsserver`): a DNS-01 challenge passes only if its TXT record is served there,
+    and every order is validated anew (no authorization reuse).
     """
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, *, dns_server: str | None = None) -> None:
         self.base: Path = base.resolve()
+        self.dns_server = dns_server
         self.acme_port: int = free_port()
         self.management_port: int = free_port()
         self.http01_port: int = free_port()
@@ -78,15 +82,22 @@ class Pebble:
         self._write_config()
         env = {
             "PATH": PATH,
-            "PEBBLE_VA_ALWAYS_VALID": "1",
             "PEBBLE_VA_NOSLEEP": "1",
             # pebble rejects 5% of good nonces by default to exercise client
             # retries; certbot copes, but it makes timings noisy.
             "PEBBLE_WFE_NONCEREJECT": "0",
         }
+        argv = [PEBBLE, "-config", str(self.config_file)]
+        if self.dns_server is None:
+            env["PEBBLE_VA_ALWAYS_VALID"] = "1"
+        else:
+            argv += ["-dnsserver", self.dns_server]
+            # pebble reuses a valid authorization for half of new orders by default; a
+            # renewal must prove control of the name again here.
+            env["PEBBLE_AUTHZREUSE"] = "0"
         self._log = self.log_file.open("ab")
         self._proc = subprocess.Popen(
-            [PEBBLE, "-config", str(self.config_file)],
+            argv,
             cwd=self.base,
             env=env,
             stdin=subprocess.DEVNULL,

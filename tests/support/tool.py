@@ -3,8 +3,9 @@
 `Tool` binds one private Postfix instance, one certbot config dir, one install dir and one
 trust anchor; it is the one place that turns them into the tool's options (the deploy,
 watch, certbot and status tests all ask it). `Tool.run(*args)` is
-`python -m pftls_hook <those options> <args>` with a clean environment (no PFTLS_HOOK_*, no RENEWED_LINEAGE from the caller). Like the rest of
-tests/support, this module does not import pftls_hook.
+`python -m pftls_hook <those options> <args>` with a clean environment (no PFTLS_HOOK_*,
+no RENEWED_LINEAGE from the caller). Like the rest of tests/support, this module does not
+import pftls_hook.
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ class Tool:
         ]  # fmt: skip
 
     def run(
-        self, *args: str, env: Mapping[str, str] | None = None
+        self, *args: str, env: Mapping[str, str] | None = None, prefix: Sequence[str] = ()
     ) -> subprocess.CompletedProcess[str]:
-        return run_cli([*self.options(), *args], env)
+        return run_cli([*self.options(), *args], env, prefix=prefix)
 
     def lineage(self, leaf: Leaf, version: int = 1, name: str = NAME) -> None:
         """Version `version` of lineage `name` holds `leaf`, and the live links point at it
@@ -94,15 +95,16 @@ def assert_exit(result: subprocess.CompletedProcess[str], code: int) -> None:
 
 
 def run_cli(
-    argv: Sequence[str], env: Mapping[str, str] | None = None
+    argv: Sequence[str], env: Mapping[str, str] | None = None, *, prefix: Sequence[str] = ()
 ) -> subprocess.CompletedProcess[str]:
     """`python -m pftls_hook ARGV` as certbot or an admin runs it: our own PFTLS_HOOK_*
-    settings and any RENEWED_LINEAGE of the test's environment kept out, `env` added."""
+    settings and any RENEWED_LINEAGE of the test's environment kept out, `env` added;
+    `prefix` runs it through another command (e.g. `mounts.private_hosts`)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PFTLS_HOOK_")}
     environ.pop("RENEWED_LINEAGE", None)
     environ.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "pftls_hook", *argv],
+        [*prefix, sys.executable, "-m", "pftls_hook", *argv],
         capture_output=True,
         text=True,
         env=environ,
