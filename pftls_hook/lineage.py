@@ -92,6 +92,18 @@ def read_leaf(lineage_dir: Path) -> bytes:
     return _read_file(path, "cert.pem")
 
 
+def abandoned(lineage_dir: Path, settle_timeout: float, now: float) -> bool:
+    """Left half-renewed (an interrupted certbot): `previous_*.pem` links still there, and
+    no link re-pointed for longer than `settle_timeout` (each one bumps the dir's mtime).
+    Waiting for such a lineage would not help."""
+    try:
+        if not any(os.path.lexists(lineage_dir / f"previous_{k}.pem") for k in KINDS):
+            return False
+        return now - os.lstat(lineage_dir).st_mtime > settle_timeout
+    except OSError:
+        return False
+
+
 def _checked(lineage_dir: Path) -> Path:
     """The certbot config dir of a lineage dir that passed the name and directory checks."""
     name = lineage_dir.name

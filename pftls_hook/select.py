@@ -13,11 +13,14 @@ The rule, in order:
    flips what Postfix serves, and a deploy hook for an unrelated lineage (a host that also
    serves websites) decides without reading every lineage in live/;
 3. otherwise the candidate covering every required hostname that is valid longest.
+A lineage certbot is re-pointing right now is a candidate (its cert.pem tells its names;
+the deploy waits for it to settle); one left half-renewed by an interrupted certbot is not.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,7 +30,7 @@ from cryptography import x509
 from pftls_hook.config import Settings
 from pftls_hook.errors import NotSettledError, RefusedError
 from pftls_hook.fsutil import attempts
-from pftls_hook.lineage import list_lineages, read_leaf
+from pftls_hook.lineage import abandoned, list_lineages, read_leaf
 from pftls_hook.verify import covers, parse_certificates
 
 log = logging.getLogger("pftls-hook")
@@ -62,6 +65,9 @@ def leaf_of(settings: Settings, name: str) -> x509.Certificate:
 
 
 def _qualifies(settings: Settings, name: str, hostnames: Sequence[str]) -> x509.Certificate | None:
+    if abandoned(settings.live_dir / name, settings.settle_timeout, time.time()):
+        log.info("%s: not considered now: left half-renewed by an interrupted certbot", name)
+        return None
     try:
         leaf = leaf_of(settings, name)
     except RefusedError as exc:
