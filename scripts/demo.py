@@ -4,7 +4,7 @@ Starts pebble (a local ACME server) and a private Postfix instance (own config a
 dirs, port on 127.0.0.1; never the machine's own Postfix), has real certbot obtain a
 certificate, deploys it with `pftls-hook install`, renews it with certbot calling
 `pftls-hook deploy-hook`, and shows what a STARTTLS client sees after each step.
-Run as root: `sudo .venv/bin/python scripts/demo.py`.
+Run from a root shell: `.venv/bin/python scripts/demo.py`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tests.support.certbot import Certbot
 from tests.support.net import free_port
 from tests.support.pebble import Pebble
 from tests.support.postfix import PostfixInstance, served_sha256
+from tests.support.tool import Tool
 
 
 def step(text: str) -> None:
@@ -34,14 +35,10 @@ def main() -> int:
         pebble = Pebble(base / "pebble")
         postfix = PostfixInstance(base / "pf", free_port())
         certbot = Certbot(base / "certbot", pebble)
-        tool = [
-            sys.executable, "-m", "pftls_hook",
-            "--live-dir", str(certbot.live_dir),
-            "--postfix-config-dir", str(postfix.config_dir),
-            "--install-dir", str(base / "tls"),
-            "--ca-file", str(base / "pebble-root.pem"),
-            "--lock-file", str(base / "run" / "deploy.lock"),
-        ]  # fmt: skip
+        options = Tool(
+            postfix, base, base / "pebble-root.pem", certbot_config_dir=certbot.live_dir.parent
+        ).options()
+        tool = [sys.executable, "-m", "pftls_hook", *options]
         try:
             step("start pebble (loopback ACME server) and a private Postfix instance")
             pebble.start()
