@@ -99,7 +99,7 @@ class PostfixState:
             wrapper = own.get(
                 "smtpd_tls_wrappermode", self.effective.get("smtpd_tls_wrappermode", "no")
             )
-            level = own.get("smtpd_tls_security_level", self._main_tls_level())
+            level = own.get("smtpd_tls_security_level", server_tls_level(self.effective)[0])
             endpoint = _endpoint(svc.name, implicit_tls=wrapper == "yes")
             if endpoint is None:
                 notes.append(f"master.cf {svc.name}: cannot tell its port, not probed")
@@ -109,14 +109,17 @@ class PostfixState:
                 endpoints.append(endpoint)
         return endpoints, notes
 
-    def _main_tls_level(self) -> str:
-        level = self.effective.get("smtpd_tls_security_level", "")
-        if level:
-            return level
-        # The pre-2.3 booleans still count when the level is unset.
-        if self.effective.get("smtpd_enforce_tls") == "yes":
-            return "encrypt"
-        return "may" if self.effective.get("smtpd_use_tls") == "yes" else "none"
+
+def server_tls_level(values: Mapping[str, str]) -> tuple[str, str]:
+    """smtpd's TLS level and where it comes from: `smtpd_tls_security_level`, else the
+    pre-2.3 booleans, which still decide when the level is unset."""
+    if values.get("smtpd_tls_security_level"):
+        return values["smtpd_tls_security_level"], "smtpd_tls_security_level"
+    if values.get("smtpd_enforce_tls") == "yes":
+        return "encrypt", "smtpd_enforce_tls = yes"
+    if values.get("smtpd_use_tls") == "yes":
+        return "may", "smtpd_use_tls = yes"
+    return "none", "default"
 
 
 def pointing(key: str, cert: str, *, chain_files: bool) -> dict[str, str]:

@@ -36,7 +36,7 @@ from pftls_hook.deploy import Transaction, roll_back
 from pftls_hook.errors import EnvironmentRefusedError, ProbeError, RefusedError, UsageError
 from pftls_hook.fsutil import untrusted
 from pftls_hook.lock import deploy_lock
-from pftls_hook.postfix import Postfix, PostfixState
+from pftls_hook.postfix import Postfix, PostfixState, server_tls_level
 from pftls_hook.setup import CLIENT_LEVELS
 from pftls_hook.verify import dns_names, leaf_sha256, load_anchors
 
@@ -111,17 +111,6 @@ class Plan:
         return lines
 
 
-def _server_level(values: Mapping[str, str]) -> tuple[str, str]:
-    """smtpd's level and where it comes from: the level, else the old booleans decide."""
-    if values.get("smtpd_tls_security_level"):
-        return values["smtpd_tls_security_level"], "smtpd_tls_security_level"
-    if values.get("smtpd_enforce_tls") == "yes":
-        return "encrypt", "smtpd_enforce_tls = yes"
-    if values.get("smtpd_use_tls") == "yes":
-        return "may", "smtpd_use_tls = yes"
-    return "none", "default"
-
-
 def _client_level(values: Mapping[str, str]) -> tuple[str, str]:
     if values.get("smtp_tls_security_level"):
         return values["smtp_tls_security_level"], "smtp_tls_security_level"
@@ -157,7 +146,7 @@ def plan(
     kept: list[str] = []
     warnings: list[str] = []
 
-    _level(wanted, kept, "smtpd_tls_security_level", _server_level(values), "may")
+    _level(wanted, kept, "smtpd_tls_security_level", server_tls_level(values), "may")
     loglevel = values.get("smtpd_tls_loglevel", "0")
     if loglevel.isdigit() and int(loglevel) <= 1:
         wanted["smtpd_tls_loglevel"] = "1"
