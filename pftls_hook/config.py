@@ -9,10 +9,8 @@ what root deploys, so it must be owned by root and writable by nobody else.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import stat
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -75,6 +73,8 @@ def parse_endpoint(text: str) -> Endpoint:
         raise UsageError(f"--probe {text!r}: expected HOST:PORT, e.g. 127.0.0.1:25")
     if host != "localhost":
         try:
+            import ipaddress  # noqa: PLC0415 - only for --probe, not on every hook run
+
             ipaddress.ip_address(host)
         except ValueError:
             raise UsageError(f"--probe {text!r}: HOST must be an IP address or localhost") from None
@@ -153,6 +153,8 @@ def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
         raise UsageError(f"{path}: config file must be owned by root")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise UsageError(f"{path}: config file must not be writable by group or others")
+    import tomllib  # noqa: PLC0415 - only when there is a file: the hook starts leaner
+
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)

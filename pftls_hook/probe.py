@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import smtplib
+import socket
 import ssl
 from collections.abc import Sequence
+from typing import BinaryIO
 
 from pftls_hook.config import Endpoint
 from pftls_hook.errors import ProbeError, TlsBrokenError
@@ -25,6 +26,7 @@ from pftls_hook.fsutil import attempts
 
 _RETRY_SECONDS = 0.05
 _HELO_NAME = "pftls-hook.probe"
+_MAX_LINE = 1024  # RFC 5321 allows 512 octets a reply line; a longer one is no SMTP
 
 
 def _context() -> ssl.SSLContext:
@@ -41,44 +43,61 @@ def served(endpoint: Endpoint, *, timeout: float = 5.0) -> str:
     return hashlib.sha256(fetch(endpoint, timeout=timeout)).hexdigest()
 
 
+def _reply(reader: BinaryIO, endpoint: Endpoint) -> tuple[int, list[str]]:
+    """One SMTP reply (RFC 5321 4.2): its code and the text of each of its lines."""
+    lines = []
+    while True:
+        line = reader.readline(_MAX_LINE).decode("latin-1").rstrip("\r\n")
+        if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
+            raise ProbeError(f"{endpoint}: not an SMTP reply: {line[:60]!r}")
+        lines.append(line[4:])
+        if line[3:4] != "-":
+            return int(line[:3]), lines
+
+
+def _starttls(sock: socket.socket, endpoint: Endpoint) -> None:
+    """Greeting, EHLO, STARTTLS: up to the point where the TLS handshake begins."""
+    # Nothing is read past the 220 to STARTTLS: the server says nothing until our
+    # ClientHello, so the buffered reader can go before the handshake.
+    with sock.makefile("rb") as reader:
+        _exchange(sock, reader, endpoint)
+
+
+def _exchange(sock: socket.socket, reader: BinaryIO, endpoint: Endpoint) -> None:
+    code, _ = _reply(reader, endpoint)
+    if code != 220:
+        raise ProbeError(f"{endpoint}: greeting {code}, not 220")
+    sock.sendall(f"EHLO {_HELO_NAME}\r\n".encode())
+    code, lines = _reply(reader, endpoint)
+    if code != 250:
+        raise ProbeError(f"{endpoint}: EHLO answered {code}")
+    if not any(line.upper().split()[:1] == ["STARTTLS"] for line in lines[1:]):
+        raise TlsBrokenError(f"{endpoint}: STARTTLS not offered after EHLO")
+    sock.sendall(b"STARTTLS\r\n")
+    code, lines = _reply(reader, endpoint)
+    if code == 454:
+        raise TlsBrokenError(
+            f"{endpoint}: STARTTLS refused with 454 ({' '.join(lines)}): "
+            "smtpd could not load its key or certificate"
+        )
+    if code != 220:
+        raise TlsBrokenError(f"{endpoint}: STARTTLS answered {code}")
+
+
 def fetch(endpoint: Endpoint, *, timeout: float = 5.0) -> bytes:
-    """The DER leaf certificate the endpoint serves."""
+    """The DER leaf certificate the endpoint serves. A few lines of SMTP rather than
+    smtplib, which would load the email package into every deploy hook run."""
     try:
-        if endpoint.implicit_tls:
-            client: smtplib.SMTP = smtplib.SMTP_SSL(
-                endpoint.host,
-                endpoint.port,
-                local_hostname=_HELO_NAME,
-                timeout=timeout,
-                context=_context(),
-            )
-        else:
-            client = smtplib.SMTP(
-                endpoint.host, endpoint.port, local_hostname=_HELO_NAME, timeout=timeout
-            )
-        with client:
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout) as sock:
             if not endpoint.implicit_tls:
-                client.ehlo()
-                if not client.has_extn("starttls"):
-                    raise TlsBrokenError(f"{endpoint}: STARTTLS not offered after EHLO")
-                code, message = client.docmd("STARTTLS")
-                if code == 454:
-                    text = message.decode(errors="replace")
-                    raise TlsBrokenError(
-                        f"{endpoint}: STARTTLS refused with 454 ({text}): "
-                        "smtpd could not load its key or certificate"
-                    )
-                if code != 220:
-                    raise TlsBrokenError(f"{endpoint}: STARTTLS answered {code}")
-                client.sock = _context().wrap_socket(client.sock)  # type: ignore[arg-type]
-            der: bytes | None = client.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
-            with contextlib.suppress(smtplib.SMTPException, OSError):
-                client.quit()  # the certificate is what we came for; QUIT is courtesy
-    except ProbeError:
-        raise
+                _starttls(sock, endpoint)
+            with _context().wrap_socket(sock) as tls:
+                der = tls.getpeercert(binary_form=True)
+                with contextlib.suppress(OSError):
+                    tls.sendall(b"QUIT\r\n")  # the certificate is what we came for
     except ssl.SSLError as exc:
         raise TlsBrokenError(f"{endpoint}: TLS handshake failed: {exc}") from None
-    except (smtplib.SMTPException, OSError) as exc:
+    except OSError as exc:
         raise ProbeError(f"{endpoint}: {type(exc).__name__}: {exc}") from None
     if not der:
         raise TlsBrokenError(f"{endpoint}: no certificate served")
