@@ -15,8 +15,9 @@ fi
 
 # postfix: the MTA under test (only private instances are started, never the
 #   system one); pebble: test ACME server; swaks: SMTP client for manual checks;
-# openssl, ca-certificates: TLS tooling; python3-venv: venv support for Debian's python3.
-packages=(postfix pebble swaks openssl ca-certificates python3-venv)
+# openssl, ca-certificates: TLS tooling; python3-venv: venv support for Debian's python3;
+# strace: bench/ counts the commands a deploy hook runs from outside.
+packages=(postfix pebble swaks openssl ca-certificates python3-venv strace)
 
 missing=()
 for pkg in "${packages[@]}"; do
