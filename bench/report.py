@@ -249,10 +249,12 @@ def _method(run: Run) -> list[str]:
         " that `postfix reload`'s script runs, is not the hook's).",
         "- **the daemon**: `pftls-hook <options> watch` running as systemd would"
         " (NOTIFY_SOCKET), certbot renewing without a hook. From certbot's exit (the links"
-        f" are final) a poller makes STARTTLS handshakes, one every {s.poll_interval_s * 1000:g}"
-        " ms or back to back when one takes longer, until one shows the new leaf; its"
-        " resolution is one handshake ('matching handshake' below). **links → served** is"
-        " from the mtime of the re-pointed `live/<name>/fullchain.pem` link (certbot's last).",
+        f" are final) a poller begins a STARTTLS handshake every {s.poll_interval_s * 1000:g}"
+        " ms, up to 4 at once (so that one handshake held up by Postfix does not hide what"
+        " the next connections are served), until one shows the new leaf; **exit → served**"
+        " ends when that handshake ends, so its resolution is one handshake ('the matching"
+        " handshake took' below). **links → served** is from the mtime of the re-pointed"
+        " `live/<name>/fullchain.pem` link (certbot's last).",
         "",
     ]
 
@@ -339,7 +341,10 @@ def _daemon(run: Run) -> list[str]:
         "",
         *_table([(label, [f(d) for d in ds]) for label, f in pick]),
         "",
-        f"Handshakes until the match: at most {max(d.handshakes for d in ds)}. Renewals"
+        f"Handshakes until the match: at most {max(d.handshakes for d in ds)}; the first"
+        f" handshake already matched in {sum(d.handshakes == 1 for d in ds)} of {len(ds)}"
+        " renewals (served before the poll began: for those the figure is an upper bound,"
+        " the time to the end of one handshake). Renewals"
         f" whose poll met a handshake of {STALL_S:g} s or more (the stall below):"
         f" {len(ds) - len(calm)} of {len(ds)}"
         + (

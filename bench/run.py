@@ -40,7 +40,7 @@ from types import FrameType
 from tests.support import machine
 from tests.support.certbot import CertbotError
 from tests.support.daemon import NotifySocket, WatchProcess
-from tests.support.postfix import PostfixError
+from tests.support.postfix import PostfixError, client_context
 
 from . import measure, report
 from .bed import Bed, say, workspace
@@ -231,6 +231,7 @@ class Bench:
             ready = notify.wait_for(lambda m: m.get("READY") == "1", timeout=READY_TIMEOUT)
         except TimeoutError as exc:
             raise measure.BenchError(f"{exc}\n{watch.output_text()[-2000:]}") from exc
+        context = client_context()
         for i in range(settings.renewals + 1):
             start, exited = bed.renew()
             expected = measure.leaf_sha256(bed.lineage / "cert.pem")
@@ -239,6 +240,7 @@ class Bench:
                 expected,
                 interval=settings.poll_interval_s,
                 timeout=SERVED_TIMEOUT,
+                context=context,
             )
             links_at = os.lstat(bed.lineage / "fullchain.pem").st_mtime
             served = Served(
@@ -300,6 +302,7 @@ class Bench:
         bed.renew()
         bed.wait_main_cf_cool()
         expected = measure.leaf_sha256(bed.lineage / "cert.pem")
+        context = client_context()
         hook_s = measure.process_seconds([str(bed.baseline_hook)], bed.hook_env())
         returned = time.time()
         seen = measure.poll_until_served(
@@ -307,6 +310,7 @@ class Bench:
             expected,
             interval=self.settings.poll_interval_s,
             timeout=SERVED_TIMEOUT,
+            context=context,
         )
         self.run.proof = BaselineProof(hook_s, seen.served_at - returned)
 
