@@ -84,6 +84,10 @@ def _samples(run: Run, variant: str) -> list[float]:
     return [r.seconds[variant] for r in run.rounds if variant in r.seconds]
 
 
+def _cpu_samples(run: Run, variant: str) -> list[float]:
+    return [r.cpu_seconds[variant] for r in run.rounds if variant in r.cpu_seconds]
+
+
 def _paired_ratios(run: Run, a: str, b: str) -> list[float]:
     return [
         r.seconds[a] / r.seconds[b]
@@ -281,7 +285,14 @@ def _paired(run: Run) -> list[str]:
         "",
         *_table([(v, _samples(run, v)) for v in VARIANTS]),
         "",
-        "Ratios: of the medians, and per round (the two runs of a pair ran one after the other):",
+        "CPU time of each run (user + system, of the process and of the programs it"
+        " waited for; not Postfix's own work after a reload signal), which other work on"
+        " the machine inflates less than the wall time:",
+        "",
+        *_table([(v, _cpu_samples(run, v)) for v in VARIANTS]),
+        "",
+        "Ratios of the wall times: of the medians, and per round (the two runs of a pair"
+        " ran one after the other):",
         "",
         "| | ratio of medians | per round: median | per round: min to max | target |",
         "|---|---|---|---|---|",

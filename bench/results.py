@@ -28,11 +28,13 @@ VARIANTS = (SWITCH, BASELINE_SWITCH, NOOP, BASELINE_NOOP, NOOP_CROWD, NOOP_EMPTY
 
 @dataclass(frozen=True)
 class Round:
-    """One paired round: whole-process seconds per variant, and the order they ran in."""
+    """One paired round: whole-process wall time per variant, its CPU time (user+system,
+    with the programs it waited for), and the order they ran in."""
 
     index: int
     order: list[str]
     seconds: dict[str, float]
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

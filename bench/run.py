@@ -148,30 +148,31 @@ class Bench:
         self.rng = rng
         self.settings = run.settings
 
-    def timed(self, variant: str) -> float:
-        """One measured run of a variant, on a settled Postfix and a cool main.cf."""
+    def timed(self, variant: str) -> tuple[float, float]:
+        """One measured run of a variant, on a settled Postfix and a cool main.cf:
+        (wall, CPU) seconds."""
         bed = self.bed
         time.sleep(self.settings.gap_s)  # no run starts in the wake of another's reload
         bed.wait_main_cf_cool()
         if variant in (NOOP_CROWD, NOOP_EMPTY) and bed.crowd is not None:
             (bed.crowd.enter if variant == NOOP_CROWD else bed.crowd.leave)()
         if variant.startswith("baseline"):
-            return measure.process_seconds([str(bed.baseline_hook)], bed.hook_env())
+            return measure.process_times([str(bed.baseline_hook)], bed.hook_env())
         if variant == SWITCH:
-            return measure.process_seconds([*bed.tool, "deploy-hook"], bed.hook_env())
+            return measure.process_times([*bed.tool, "deploy-hook"], bed.hook_env())
         before = bed.snapshot()
-        seconds = measure.process_seconds([*bed.tool, "deploy-hook"], bed.hook_env())
+        times = measure.process_times([*bed.tool, "deploy-hook"], bed.hook_env())
         if bed.snapshot() != before:
             self.run.notes.append(
                 f"a {variant} deploy hook run changed main.cf or the install dir"
                 " (it was not a no-op)"
             )
-        return seconds
+        return times
 
-    def pair(self, a: str, b: str, order: list[str], seconds: dict[str, float]) -> None:
+    def pair(self, a: str, b: str, round_: Round) -> None:
         for variant in self.rng.sample([a, b], 2):
-            seconds[variant] = self.timed(variant)
-            order.append(variant)
+            round_.seconds[variant], round_.cpu_seconds[variant] = self.timed(variant)
+            round_.order.append(variant)
 
     def paired(self) -> None:
         rounds = self.settings.rounds
@@ -180,17 +181,17 @@ class Bench:
             pairs.append((NOOP_CROWD, NOOP_EMPTY))
         for index in range(1, rounds + 1):
             self.bed.renew()
-            order: list[str] = []
-            seconds: dict[str, float] = {}
+            round_ = Round(index, [], {}, {})
             # The switch comes first: the no-ops need the new version installed.
-            self.pair(SWITCH, BASELINE_SWITCH, order, seconds)
+            self.pair(SWITCH, BASELINE_SWITCH, round_)
             self.bed.wait_served()
             for a, b in self.rng.sample(pairs, len(pairs)):
-                self.pair(a, b, order, seconds)
+                self.pair(a, b, round_)
             if self.bed.crowd is not None:
                 self.bed.crowd.leave()
-            self.run.rounds.append(Round(index, order, seconds))
-            say(f"  round {index}/{rounds}: " + ", ".join(f"{v} {seconds[v]:.3f} s" for v in order))
+            self.run.rounds.append(round_)
+            times = ", ".join(f"{v} {round_.seconds[v]:.3f} s" for v in round_.order)
+            say(f"  round {index}/{rounds}: {times}")
 
     def commands(self) -> None:
         bed = self.bed
