@@ -36,6 +36,10 @@ class BenchError(RuntimeError):
     """A measure could not be taken (a process failed, a certificate was never served)."""
 
 
+class StraceMissing(BenchError):
+    """strace is not installed: the commands a process starts cannot be seen."""
+
+
 def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
@@ -94,7 +98,7 @@ def commands_started(argv: Sequence[str], env: Mapping[str, str]) -> list[list[s
     theirs, not the hook's. The run must exit 0."""
     strace = shutil.which("strace", path="/usr/bin:/bin")
     if strace is None:
-        raise BenchError("strace is not installed")
+        raise StraceMissing("strace is not installed (scripts/setup.sh installs it)")
     with tempfile.TemporaryDirectory(prefix="pftls-bench-strace-") as tmp:
         out = Path(tmp) / "trace"
         # -ff: one file per process, so no line is split by another process's.
@@ -336,6 +340,7 @@ def step_costs(
 __all__ = [
     "BenchError",
     "Seen",
+    "StraceMissing",
     "commands_started",
     "cpu_seconds",
     "idle_cpu_seconds",
