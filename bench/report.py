@@ -294,16 +294,19 @@ def _paired(run: Run) -> list[str]:
         "Ratios of the wall times: of the medians, and per round (the two runs of a pair"
         " ran one after the other):",
         "",
-        "| | ratio of medians | per round: median | per round: min to max | target |",
-        "|---|---|---|---|---|",
+        "| | ratio of medians | per round: median | per round: min to max | target"
+        " | CPU time: ratio of medians |",
+        "|---|---|---|---|---|---|",
     ]
     for a, b, limit, label in PAIRS:
         ours, base, per_round = _samples(run, a), _samples(run, b), _paired_ratios(run, a, b)
+        cpu_a, cpu_b = _cpu_samples(run, a), _cpu_samples(run, b)
+        cpu = ratio(statistics.median(cpu_a), statistics.median(cpu_b)) if cpu_a and cpu_b else "-"
         if ours and base and per_round:
             s = spread(per_round)
             out.append(
                 f"| {label} | {ratio(statistics.median(ours), statistics.median(base))}"
-                f" | {s.median:.2f}x | {s.low:.2f}x to {s.high:.2f}x | ≤ {limit:g}x |"
+                f" | {s.median:.2f}x | {s.low:.2f}x to {s.high:.2f}x | ≤ {limit:g}x | {cpu} |"
             )
     out.append("")
     return out

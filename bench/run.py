@@ -101,7 +101,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--gap", type=float, default=0.5, help="seconds between measured runs (default 0.5)"
     )
-    parser.add_argument("--poll-interval", type=float, default=0.005, metavar="SECONDS")
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.01,
+        metavar="SECONDS",
+        help="a new handshake this often while waiting to be served (default 0.01)",
+    )
     parser.add_argument("--stages", default=",".join(STAGES), help=f"subset of {','.join(STAGES)}")
     parser.add_argument(
         "--watch-option",
