@@ -345,6 +345,10 @@ def _daemon(run: Run) -> list[str]:
     calm = [d for d in ds if not _stalled(d)]
     pick: list[tuple[str, Callable[[Served], float]]] = [
         ("certbot exit → served", lambda d: d.exit_to_served_s),
+        (
+            "certbot exit → the matching handshake began",
+            lambda d: d.exit_to_served_s - d.matching_handshake_s,
+        ),
         ("links → served", lambda d: d.links_to_served_s),
         ("certbot start → exit", lambda d: d.certbot_s),
         ("the matching handshake took", lambda d: d.matching_handshake_s),
@@ -366,7 +370,13 @@ def _daemon(run: Run) -> list[str]:
             f" over {len(calm)}."
             if calm and len(calm) < len(ds)
             else "."
-        ),
+        )
+        + f" In {sum(d.matching_handshake_s >= STALL_S for d in ds)} of {len(ds)} renewals"
+        f" the matching handshake itself took {STALL_S:g} s or more: that connection was"
+        " held up and then shown the new certificate. 'Served' is when the client has the"
+        " certificate (the end of that handshake); 'the matching handshake began' is the"
+        " earliest the new certificate can have been in use for it. The two differ by the"
+        " hold-up.",
         "",
     ]
     facts = run.daemon_facts
