@@ -28,6 +28,10 @@ from tests.support.postfix import PostfixInstance, client_context, served_sha256
 
 from .results import ReloadTrial, StepCost
 
+# Every process runs in the repository this bench belongs to: `python -m pftls_hook` puts the
+# working directory first on sys.path, so the tool measured is this tree's, whichever
+# tree the venv's editable install points at.
+REPO = Path(__file__).resolve().parent.parent
 COMMAND_TIMEOUT = 120.0
 HANDSHAKE_TIMEOUT = 5.0
 
@@ -52,6 +56,7 @@ def run_checked(
         capture_output=True,
         text=True,
         env=dict(env),
+        cwd=REPO,
         timeout=timeout,
         check=False,
         stdin=subprocess.DEVNULL,
@@ -338,6 +343,7 @@ def step_costs(
 
 
 __all__ = [
+    "REPO",
     "BenchError",
     "Seen",
     "StraceMissing",

@@ -60,7 +60,7 @@ from .results import (
     Settings,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = measure.REPO
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 DEFAULT_DATA = REPO / "bench" / "last-run.json"
 STAGES = ("paired", "commands", "daemon", "reload", "steps", "proof")
@@ -227,7 +227,7 @@ class Bench:
             options,
             bed.env(NOTIFY_SOCKET=notify.address),
             bed.base / "watch.log",
-            bed.base,
+            REPO,
         )
         started = time.monotonic()
         watch.start()
