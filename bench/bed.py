@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support import lineage as fake
 from tests.support.certbot import Certbot
 from tests.support.net import LOOPBACK, free_port
 from tests.support.pebble import Pebble
@@ -69,25 +68,18 @@ class Crowd:
     archive/ and renewal/ all the time; their live/<name> directories are moved between
     live/ and a parking directory beside it (same depth, so the relative links resolve)."""
 
-    def __init__(self, config_dir: Path, count: int) -> None:
-        self.live = config_dir / "live"
-        self.parked = config_dir / "parked"
+    def __init__(self, rig: Tool, count: int) -> None:
+        self.rig = rig
+        self.live = rig.live_dir
+        self.parked = rig.config_dir / "parked"
         self.names = [f"site{i:04d}.web.test.example" for i in range(count)]
         self.inside = True
         self.root = CA.root("bench websites root")
         self.issuer = self.root.intermediate("bench websites intermediate")
 
     def create(self) -> None:
-        config_dir = self.live.parent
         for name in self.names:
-            leaf = self.issuer.issue(name, f"www.{name}")
-            fake.new_lineage(
-                config_dir,
-                name,
-                cert_pem=leaf.cert_pem,
-                chain_pem=leaf.chain_pem,
-                privkey_pem=leaf.key_pem(),
-            )
+            self.rig.lineage(self.issuer.issue(name, f"www.{name}"), name=name)
         self.parked.mkdir(mode=0o700, exist_ok=True)
         self.leave()
 
@@ -113,11 +105,9 @@ class Bed:
         self.roots = base / "roots.pem"  # pebble's root, and the crowd's
         self.copy_dir = base / "copy"  # where the shell hook copies to
         self.baseline_hook = base / "baseline-hook.sh"
-        self.crowd = Crowd(self.certbot.config_dir, crowd_size) if crowd_size else None
-        options = Tool(
-            self.postfix, base, self.roots, certbot_config_dir=self.certbot.config_dir
-        ).options()
-        self.tool = [sys.executable, "-m", "pftls_hook", *options]
+        self.rig = Tool(self.postfix, base, self.roots, certbot_config_dir=self.certbot.config_dir)
+        self.crowd = Crowd(self.rig, crowd_size) if crowd_size else None
+        self.tool = [sys.executable, "-m", "pftls_hook", *self.rig.options()]
 
     @property
     def lineage(self) -> Path:
@@ -198,7 +188,7 @@ class Bed:
 
     def snapshot(self) -> tuple[bytes, list[tuple[str, int]]]:
         """main.cf and the install dir (names, mtimes): what a no-op must leave as it was."""
-        install = Path(self.tool[self.tool.index("--install-dir") + 1])
+        install = self.rig.install_dir
         files = sorted(
             (str(p.relative_to(install)), p.lstat().st_mtime_ns) for p in install.rglob("*")
         )
