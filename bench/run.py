@@ -160,7 +160,7 @@ class Bench:
         bed = self.bed
         time.sleep(self.settings.gap_s)  # no run starts in the wake of another's reload
         bed.wait_main_cf_cool()
-        if variant in (NOOP_CROWD, NOOP_EMPTY) and bed.crowd is not None:
+        if bed.crowd is not None:  # in live/ for that one variant alone
             (bed.crowd.enter if variant == NOOP_CROWD else bed.crowd.leave)()
         if variant.startswith("baseline"):
             return measure.process_times([str(bed.baseline_hook)], bed.hook_env())
@@ -194,7 +194,7 @@ class Bench:
             for a, b in self.rng.sample(pairs, len(pairs)):
                 self.pair(a, b, round_)
             if self.bed.crowd is not None:
-                self.bed.crowd.leave()
+                self.bed.crowd.leave()  # the next renewal, and the later stages, without it
             self.run.rounds.append(round_)
             times = ", ".join(f"{v} {round_.seconds[v]:.3f} s" for v in round_.order)
             say(f"  round {index}/{rounds}: {times}")
