@@ -108,8 +108,10 @@ def postfix_commands(run: Run, variant: str) -> int | None:
     return None
 
 
-def _stalled(served: Served) -> bool:
-    return served.slowest_handshake_s >= STALL_S
+def _held_up(served: Served) -> bool:
+    """The handshake that first showed the new certificate was itself held up by Postfix
+    (the reload stall): then the figure carries that hold-up."""
+    return served.matching_handshake_s >= STALL_S
 
 
 # --------------------------------------------------------------------------- targets
@@ -141,12 +143,12 @@ def targets(run: Run) -> list[tuple[str, str, str]]:
     if run.daemon:
         s = spread([d.exit_to_served_s for d in run.daemon])
         enough = s.n >= DAEMON_MIN_RENEWALS
-        calm = [d for d in run.daemon if not _stalled(d)]
+        calm = [d for d in run.daemon if not _held_up(d)]
         figure = f"{ms(s.median)} over {s.n}" + ("" if enough else " (too few renewals)")
         if calm and len(calm) < s.n:
             figure += (
-                f"; {s.n - len(calm)} with a handshake ≥ {STALL_S:g} s (the reload stall),"
-                f" the other {len(calm)}: {ms(_median_latency(calm))}"
+                f"; in {s.n - len(calm)} the matching handshake was held up ≥ {STALL_S:g} s"
+                f" (the reload stall), the other {len(calm)}: {ms(_median_latency(calm))}"
             )
         rows.append(
             (
@@ -342,7 +344,7 @@ def _daemon(run: Run) -> list[str]:
     if not run.daemon:
         return []
     ds = run.daemon
-    calm = [d for d in ds if not _stalled(d)]
+    calm = [d for d in ds if not _held_up(d)]
     pick: list[tuple[str, Callable[[Served], float]]] = [
         ("certbot exit → served", lambda d: d.exit_to_served_s),
         (
@@ -362,21 +364,20 @@ def _daemon(run: Run) -> list[str]:
         f"Handshakes until the match: at most {max(d.handshakes for d in ds)}; the first"
         f" handshake already matched in {sum(d.handshakes == 1 for d in ds)} of {len(ds)}"
         " renewals (served before the poll began: for those the figure is an upper bound,"
-        " the time to the end of one handshake). Renewals"
-        f" whose poll met a handshake of {STALL_S:g} s or more (the stall below):"
-        f" {len(ds) - len(calm)} of {len(ds)}"
+        " the time to the end of one handshake). Renewals whose poll met a handshake of"
+        f" {STALL_S:g} s or more (the stall below):"
+        f" {sum(d.slowest_handshake_s >= STALL_S for d in ds)} of {len(ds)}. In"
+        f" {len(ds) - len(calm)} of them the matching handshake itself took that long: that"
+        " connection was held up, then shown the new certificate"
         + (
-            f"; certbot exit → served without them: median {ms(_median_latency(calm))}"
+            f"; certbot exit → served without those: median {ms(_median_latency(calm))}"
             f" over {len(calm)}."
             if calm and len(calm) < len(ds)
             else "."
         )
-        + f" In {sum(d.matching_handshake_s >= STALL_S for d in ds)} of {len(ds)} renewals"
-        f" the matching handshake itself took {STALL_S:g} s or more: that connection was"
-        " held up and then shown the new certificate. 'Served' is when the client has the"
-        " certificate (the end of that handshake); 'the matching handshake began' is the"
-        " earliest the new certificate can have been in use for it. The two differ by the"
-        " hold-up.",
+        + " 'Served' is when the client has the certificate (the end of that handshake);"
+        " 'the matching handshake began' is the earliest the new certificate can have been"
+        " in use for it. The two differ by the hold-up.",
         "",
     ]
     facts = run.daemon_facts
