@@ -20,7 +20,8 @@ fi
 #   zones, a validating resolver); only private instances on loopback ports are
 #   started, the system services stay stopped and disabled (below);
 # knot-dnsutils: kdig/knsupdate, to look at the test DNS by hand.
-packages=(postfix pebble swaks openssl ca-certificates python3-venv knot knot-dnsutils unbound)
+# strace: bench/ counts the commands a deploy hook runs from outside.
+packages=(postfix pebble swaks openssl ca-certificates python3-venv knot knot-dnsutils unbound strace)
 # Services the packages enable on install; they would bind port 53 (and
 # unbound-resolvconf would point /etc/resolv.conf at it) at the next boot.
 dns_services=(knot.service unbound.service unbound-resolvconf.service)

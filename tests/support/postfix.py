@@ -319,20 +319,35 @@ def _is_master(pid: int) -> bool:
 # ----------------------------------------------------------- STARTTLS client
 
 
+def client_context(cafile: Path | None = None) -> ssl.SSLContext:
+    """The TLS client side of served_certificate: verifying against `cafile` when given,
+    else unverified; never a name check (the hosts are loopback addresses)."""
+    context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+    context.check_hostname = False
+    if cafile is None:
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def served_certificate(
-    host: str, port: int, *, timeout: float = 5.0, cafile: Path | None = None
+    host: str,
+    port: int,
+    *,
+    timeout: float = 5.0,
+    cafile: Path | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> bytes:
     """The DER leaf certificate that a STARTTLS client on host:port is shown.
 
     Unverified by default: the tests compare what is served with what they expect,
     whatever its chain. With `cafile`, the handshake fails (ssl.SSLCertVerificationError)
     unless the chain the server sends leads to a root in that file; the name is still not
-    checked (host is a loopback address).
+    checked (host is a loopback address). A caller that handshakes in a tight loop passes
+    one `context` from client_context(): building one loads the system's trust store, tens
+    of milliseconds each time.
     """
-    context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
-    context.check_hostname = False
-    if cafile is None:
-        context.verify_mode = ssl.CERT_NONE
+    if context is None:
+        context = client_context(cafile)
     # A fixed EHLO name: smtplib would otherwise call socket.getfqdn(), a DNS lookup.
     with smtplib.SMTP(host, port, local_hostname="client.test.example", timeout=timeout) as smtp:
         smtp.ehlo()
@@ -346,9 +361,16 @@ def served_certificate(
         return der
 
 
-def served_sha256(host: str, port: int, *, timeout: float = 5.0, cafile: Path | None = None) -> str:
+def served_sha256(
+    host: str,
+    port: int,
+    *,
+    timeout: float = 5.0,
+    cafile: Path | None = None,
+    context: ssl.SSLContext | None = None,
+) -> str:
     """Lower-case hex SHA-256 of the served DER leaf certificate (see served_certificate)."""
-    der = served_certificate(host, port, timeout=timeout, cafile=cafile)
+    der = served_certificate(host, port, timeout=timeout, cafile=cafile, context=context)
     return hashlib.sha256(der).hexdigest()
 
 
@@ -384,6 +406,7 @@ __all__ = [
     "PostfixError",
     "PostfixInstance",
     "allow_traversal",
+    "client_context",
     "served_certificate",
     "served_sha256",
     "wait_for_served_sha256",

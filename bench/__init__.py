@@ -1,0 +1,1 @@
+"""Benchmarks of pftls-hook: `python -m bench.run` (see bench/run.py)."""
