@@ -15,8 +15,15 @@ fi
 
 # postfix: the MTA under test (only private instances are started, never the
 #   system one); pebble: test ACME server; swaks: SMTP client for manual checks;
-# openssl, ca-certificates: TLS tooling; python3-venv: venv support for Debian's python3.
-packages=(postfix pebble swaks openssl ca-certificates python3-venv)
+# openssl, ca-certificates: TLS tooling; python3-venv: venv support for Debian's python3;
+# knot, unbound: real DNS for the tests (an authoritative server signing the test
+#   zones, a validating resolver); only private instances on loopback ports are
+#   started, the system services stay stopped and disabled (below);
+# knot-dnsutils: kdig/knsupdate, to look at the test DNS by hand.
+packages=(postfix pebble swaks openssl ca-certificates python3-venv knot knot-dnsutils unbound)
+# Services the packages enable on install; they would bind port 53 (and
+# unbound-resolvconf would point /etc/resolv.conf at it) at the next boot.
+dns_services=(knot.service unbound.service unbound-resolvconf.service)
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -48,6 +55,12 @@ if ((${#missing[@]} > 0)); then
         trap - EXIT
     fi
 fi
+
+for unit in "${dns_services[@]}"; do
+    if systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+        systemctl disable --quiet "$unit" 2>/dev/null || true
+    fi
+done
 
 # The venv is made with the python3 found on PATH; the project needs >= 3.11.
 python=python3
