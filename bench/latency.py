@@ -293,6 +293,8 @@ class Bed:
             "--install-dir", str(self.install_dir),
             "--ca-file", str(self.root_file),
             "--lock-file", str(self.run_dir / "deploy.lock"),
+            # No TLSA lookup: the machine's resolver is not on loopback.
+            "--dane", "off",
         ]  # fmt: skip
 
     @property

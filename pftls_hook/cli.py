@@ -67,6 +67,21 @@ def _common(default: Any) -> argparse.ArgumentParser:
     p.add_argument("--debounce", metavar="SECONDS", default=default)
     p.add_argument("--reconcile-interval", metavar="SECONDS", default=default)
     p.add_argument("--dry-run", action="store_const", const=True, default=default)
+    p.add_argument(
+        "--dane",
+        choices=("enforce", "warn", "off"),
+        default=default,
+        help="refuse (default), or only warn about, a certificate the published TLSA "
+        "records of _25._tcp.<hostname> reject; off: no lookup",
+    )
+    p.add_argument(
+        "--dns-resolver",
+        metavar="ADDR[:PORT]",
+        action="append",
+        default=default,
+        help="resolver for TLSA lookups (repeatable; IPv6 as [::1]:53); "
+        "default: the nameservers of /etc/resolv.conf",
+    )
     p.add_argument("-v", "--verbose", action="count", default=default)
     p.add_argument("-q", "--quiet", action="store_const", const=True, default=default)
     return p
@@ -103,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 _FLAG_KEYS = (
     "config", "live_dir", "postfix_config_dir", "install_dir", "ca_file", "lock_file",
     "hostname", "probe", "no_probe", "probe_timeout", "layout", "min_days", "dry_run",
-    "debounce", "reconcile_interval",
+    "debounce", "reconcile_interval", "dane", "dns_resolver",
 )  # fmt: skip
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from pftls_hook import probe
+from pftls_hook import dane, probe
 from pftls_hook.config import Endpoint, Settings
 from pftls_hook.errors import (
     CommandError,
@@ -136,7 +136,19 @@ class Deployer:
             now=self.clock(),
             min_days=self.settings.min_days,
         )
+        self.dane_guard(name, bundle, ctx)
         return snapshot, bundle
+
+    def dane_guard(self, name: str, bundle: VerifiedBundle, ctx: Context) -> None:
+        """DANE: refuse a chain that the published TLSA records of a target reject."""
+        dane.guard(
+            self.settings,
+            name,
+            bundle,
+            hostnames=ctx.hostnames,
+            served_files=ctx.state.pointed_files(),
+            now=self.clock(),
+        )
 
     def selected(self, hostnames: Sequence[str]) -> list[tuple[str, x509.Certificate]]:
         """The lineages Postfix may be given, with their leaf: the configured ones, or else
@@ -357,6 +369,7 @@ class Deployer:
                 now=self.clock(),
                 min_days=self.settings.min_days,
             )
+            self.dane_guard(name, bundle, ctx)
             running = self.postfix.is_running()
             before = self.served(ctx.endpoints if running else ())
             installed = self._apply(switch, ctx, bundle.leaf_sha256, running, before)

@@ -91,6 +91,8 @@ class Rig:
             "--ca-file", str(self.ca_file),
             "--lock-file", str(self.lock_file),
             "--probe-timeout", PROBE_TIMEOUT,
+            # No TLSA lookup: the machine's resolver is not on loopback (tests/test_dane.py).
+            "--dane", "off",
             *options,
             *args,
         ]  # fmt: skip

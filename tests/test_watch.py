@@ -91,6 +91,8 @@ class World:
             "--ca-file", str(self.tmp / "ca.pem"),
             "--lock-file", str(self.lock_file),
             "--debounce", str(DEBOUNCE),
+            # No TLSA lookup: the machine's resolver is not on loopback (tests/test_dane.py).
+            "--dane", "off",
             *extra,
         ]  # fmt: skip
 
@@ -542,6 +544,7 @@ def test_real_certbot_renewal_with_hook_and_daemon(
         "--ca-file", str(tmp_path / "ca.pem"),
         "--lock-file", str(tmp_path / "run" / "deploy.lock"),
         "--debounce", str(DEBOUNCE),
+        "--dane", "off",
     ]  # fmt: skip
     daemon = WatchProcess(options, world.env(), tmp_path / "daemon.log", tmp_path).start()
     try:

@@ -1,0 +1,358 @@
+"""DANE for SMTP (RFC 7672): the TLSA records published for the names Postfix answers as,
+and whether a chain matches them.
+
+A DANE MX publishes TLSA records at `_25._tcp.<host>.`; validating senders refuse to deliver
+when none matches the chain Postfix serves, while STARTTLS still looks fine. certbot makes a
+new key at every renewal unless `reuse_key = True`, so a routine renewal can take the MX off
+the air for them. This module is the deploy stage that prevents it.
+
+Contract:
+- `match(chain, records)` is pure: the first usable record the chain (leaf first, then the
+  issuers as served) satisfies, or None. Usage 3 (DANE-EE) is checked against the leaf only,
+  usage 2 (DANE-TA) against the issuer certificates present in the chain only; selector 0 =
+  the whole certificate (DER), 1 = its SubjectPublicKeyInfo; matching type 0 = exact,
+  1 = SHA-256, 2 = SHA-512. Usages 0/1 (PKIX-TA/EE), unknown parameters and digests of the
+  wrong length are unusable for SMTP (RFC 7672 §3.1.3) and never match.
+- `lookup(target, servers)` asks dnspython for the TLSA RRset (through `--dns-resolver`
+  servers, else /etc/resolv.conf), following CNAMEs, and reports whether the resolver
+  validated it (AD). No records (NXDOMAIN, or no TLSA) is an answer; a failure (timeout,
+  SERVFAIL — what a validating resolver says for a bogus answer —, no resolver, a malformed
+  reply) is raised as `DaneLookupError`: it is not safe to guess.
+- `guard(...)` is the deploy stage: with `dane = enforce` it raises `DaneRefusedError`
+  (one error line logged per target, with the exact record to publish) unless the chain
+  matches a usable record of every target that has any; with `warn` it only logs that;
+  with `off` it looks nothing up. Records are enforced whether or not AD was set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import dns.exception
+import dns.flags
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from pftls_hook.config import DnsServer, Settings
+from pftls_hook.errors import DaneLookupError, DaneRefusedError, RefusedError
+from pftls_hook.verify import VerifiedBundle, parse_certificates
+
+log = logging.getLogger("pftls-hook")
+
+DANE_TA, DANE_EE = 2, 3
+SELECTORS = (0, 1)  # 0: the certificate, 1: its SubjectPublicKeyInfo
+DIGEST_SIZES = {0: None, 1: 32, 2: 64}  # matching type -> digest length (0: exact data)
+LOOKUP_TIMEOUT = 5.0  # seconds for one target, all servers and retries included
+EDNS_PAYLOAD = 1232  # the DNS flag day 2020 size: larger answers come over TCP
+
+
+@dataclass(frozen=True)
+class Tlsa:
+    usage: int
+    selector: int
+    mtype: int
+    data: bytes
+
+    def __str__(self) -> str:
+        return f"{self.usage} {self.selector} {self.mtype} {self.data.hex()}"
+
+    @property
+    def usable(self) -> bool:
+        """RFC 7672 §3.1.3: only DANE-TA(2) and DANE-EE(3) apply to SMTP."""
+        if self.usage not in (DANE_TA, DANE_EE) or self.selector not in SELECTORS:
+            return False
+        if self.mtype not in DIGEST_SIZES:
+            return False
+        size = DIGEST_SIZES[self.mtype]
+        return size is None or len(self.data) == size
+
+
+@dataclass(frozen=True)
+class Target:
+    """A TCP service a DANE sender connects to: `_<port>._tcp.<host>.`."""
+
+    host: str
+    port: int
+
+    @property
+    def owner(self) -> str:
+        return f"_{self.port}._tcp.{dns.name.from_text(self.host).to_text()}"
+
+    def record(self, tlsa: Tlsa) -> str:
+        """The zone-file line to publish."""
+        return f"{self.owner} IN TLSA {tlsa}"
+
+
+@dataclass(frozen=True)
+class Answer:
+    target: Target
+    records: tuple[Tlsa, ...]
+    authenticated: bool  # the resolver set AD: it validated the answer with DNSSEC
+    canonical: str  # the owner after following CNAMEs
+
+    @property
+    def usable(self) -> tuple[Tlsa, ...]:
+        return tuple(r for r in self.records if r.usable)
+
+    def describe(self) -> str:
+        via = f" via CNAME {self.canonical}" if self.canonical != self.target.owner else ""
+        ad = "DNSSEC-validated" if self.authenticated else "not DNSSEC-validated (no AD)"
+        return f"{len(self.records)} TLSA record(s){via}, {ad}"
+
+
+# ------------------------------------------------------------------------- the pure part
+
+
+def targets(hostnames: Iterable[str], ports: Iterable[int]) -> tuple[Target, ...]:
+    ports = tuple(ports)
+    return tuple(dict.fromkeys(Target(h.rstrip(".").lower(), p) for h in hostnames for p in ports))
+
+
+def _selected(cert: x509.Certificate, selector: int) -> bytes:
+    if selector == 0:
+        return cert.public_bytes(serialization.Encoding.DER)
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def association(cert: x509.Certificate, selector: int, mtype: int) -> bytes:
+    """The certificate association data of a (selector, matching type) for one certificate."""
+    data = _selected(cert, selector)
+    if mtype == 1:
+        return hashlib.sha256(data).digest()
+    if mtype == 2:
+        return hashlib.sha512(data).digest()
+    return data
+
+
+def match(chain: Sequence[x509.Certificate], records: Iterable[Tlsa]) -> Tlsa | None:
+    """The first usable record that `chain` (leaf first, then issuers) satisfies, or None."""
+    if not chain:
+        return None
+    leaf, issuers = chain[0], chain[1:]
+    for record in records:
+        if not record.usable:
+            continue
+        candidates = (leaf,) if record.usage == DANE_EE else issuers
+        for cert in candidates:
+            if association(cert, record.selector, record.mtype) == record.data:
+                return record
+    return None
+
+
+def records_for(chain: Sequence[x509.Certificate]) -> tuple[Tlsa, ...]:
+    """What to publish for a chain: `3 1 1` for the leaf's key, `2 1 1` for each issuer."""
+    if not chain:
+        return ()
+    leaf = (Tlsa(DANE_EE, 1, 1, association(chain[0], 1, 1)),)
+    return leaf + tuple(Tlsa(DANE_TA, 1, 1, association(c, 1, 1)) for c in chain[1:])
+
+
+# ------------------------------------------------------------------------- DNS
+
+
+def _resolver(servers: Sequence[DnsServer]) -> dns.resolver.Resolver:
+    try:
+        if servers:
+            resolver = dns.resolver.Resolver(configure=False)
+            resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(s.address, s.port) for s in servers
+            ]
+        else:
+            resolver = dns.resolver.Resolver()  # /etc/resolv.conf
+    except dns.resolver.NoResolverConfiguration:
+        raise DaneLookupError(
+            "/etc/resolv.conf names no nameserver: give --dns-resolver ADDR[:PORT]"
+        ) from None
+    resolver.lifetime = LOOKUP_TIMEOUT
+    resolver.timeout = LOOKUP_TIMEOUT / 2
+    # AD in the query asks the resolver to report validation (RFC 6840 §5.7).
+    resolver.flags = dns.flags.RD | dns.flags.AD
+    resolver.use_edns(0, 0, EDNS_PAYLOAD)
+    return resolver
+
+
+def lookup(target: Target, servers: Sequence[DnsServer]) -> Answer:
+    resolver = _resolver(servers)
+    where = ", ".join(map(str, servers)) or "the /etc/resolv.conf nameservers"
+    try:
+        answer = resolver.resolve(
+            target.owner, dns.rdatatype.TLSA, search=False, raise_on_no_answer=False
+        )
+    except dns.resolver.NXDOMAIN:
+        return Answer(target, (), False, target.owner)
+    except dns.resolver.NoNameservers:
+        raise DaneLookupError(
+            f"{target.owner}: TLSA lookup failed at {where}: SERVFAIL or refused "
+            "(a validating resolver answers SERVFAIL when the records are bogus)"
+        ) from None
+    except dns.resolver.LifetimeTimeout:
+        raise DaneLookupError(
+            f"{target.owner}: TLSA lookup at {where}: no answer within {LOOKUP_TIMEOUT:g} s"
+        ) from None
+    except dns.exception.DNSException as exc:
+        raise DaneLookupError(f"{target.owner}: TLSA lookup at {where} failed: {exc}") from None
+    records = tuple(
+        Tlsa(rd.usage, rd.selector, rd.mtype, bytes(rd.cert)) for rd in (answer.rrset or ())
+    )
+    authenticated = bool(answer.response.flags & dns.flags.AD)
+    return Answer(target, records, authenticated, answer.canonical_name.to_text())
+
+
+# ------------------------------------------------------------------------- the deploy stage
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One target judged against one chain."""
+
+    target: Target
+    answer: Answer | None  # None: the lookup failed (`error`)
+    matched: Tlsa | None = None
+    error: str = ""
+
+    @property
+    def guarded(self) -> bool:
+        """Are there usable records (or an unknown answer) that the chain must satisfy?"""
+        return self.answer is None or bool(self.answer.usable)
+
+    @property
+    def refuses(self) -> bool:
+        return self.guarded and self.matched is None
+
+
+def judge(
+    chain: Sequence[x509.Certificate], hostnames: Iterable[str], settings: Settings
+) -> list[Verdict]:
+    """Each target's records looked up and matched against `chain`."""
+    verdicts = []
+    for target in targets(hostnames, settings.dane_ports):
+        try:
+            answer = lookup(target, settings.dns_resolvers)
+        except DaneLookupError as exc:
+            verdicts.append(Verdict(target, None, error=str(exc)))
+            continue
+        verdicts.append(Verdict(target, answer, match(chain, answer.usable)))
+    return verdicts
+
+
+def _problem(verdict: Verdict, chain: Sequence[x509.Certificate]) -> tuple[str, str]:
+    """(the one line about a refusing target, the record to publish or "")."""
+    if verdict.answer is None:
+        return f"{verdict.error}: not safe to deploy", ""
+    publish = verdict.target.record(records_for(chain)[0])
+    published = ", ".join(str(r) for r in verdict.answer.usable)
+    return (
+        f"{verdict.target.owner}: no published TLSA record matches the new certificate "
+        f"({verdict.answer.describe()}: {published}); publish: {publish}",
+        publish,
+    )
+
+
+def installed_chain(files: Iterable[str]) -> list[x509.Certificate]:
+    """The chain in the files main.cf points at (key and chain, or one combined file)."""
+    for path in files:
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            continue
+        start = data.find(b"-----BEGIN CERTIFICATE-----")
+        if start >= 0:
+            try:
+                return parse_certificates(data[start:], path)
+            except RefusedError:
+                return []
+    return []
+
+
+def guard(
+    settings: Settings,
+    source: str,
+    bundle: VerifiedBundle,
+    *,
+    hostnames: Sequence[str],
+    served_files: Sequence[str],
+    now: datetime,
+) -> None:
+    """Refuse (`DaneRefusedError`) a chain the published TLSA records of a target reject."""
+    if settings.dane == "off":
+        return
+    chain = [bundle.leaf, *bundle.intermediates]
+    problems: list[tuple[str, str]] = []
+    for verdict in judge(chain, hostnames, settings):
+        if verdict.refuses:
+            problems.append(_problem(verdict, chain))
+        elif verdict.answer is not None and verdict.matched is not None:
+            log.info(
+                "%s: the new certificate matches TLSA %s (%s)",
+                verdict.target.owner,
+                verdict.matched,
+                verdict.answer.describe(),
+            )
+        elif verdict.answer is not None and verdict.answer.records:
+            log.info(
+                "%s: %s, none usable for SMTP (only usages 2 and 3 are): nothing to guard",
+                verdict.target.owner,
+                verdict.answer.describe(),
+            )
+        else:
+            log.debug("%s: no TLSA records: nothing to guard", verdict.target.owner)
+    if not problems:
+        return
+    if settings.dane == "warn":
+        for line, _ in problems:
+            log.warning("%s (--dane warn: deploying anyway)", line)
+        return
+    for line, _ in problems:
+        log.error("%s", line)
+    _warn_expiry(installed_chain(served_files), settings.min_days, now)
+    publish = tuple(record for _, record in problems if record)
+    raise DaneRefusedError(
+        source,
+        f"refused by DANE ({len(problems)} target(s), above): nothing changed, Postfix keeps "
+        "serving its current certificate",
+        publish=publish,
+    )
+
+
+def _warn_expiry(served: Sequence[x509.Certificate], min_days: int, now: datetime) -> None:
+    """DANE-EE senders ignore the served certificate's expiry (RFC 7672 §3.1); clients
+    that check names (MUAs on 465/587) do not, and this renewal is being held back."""
+    if not served:
+        return
+    expires = served[0].not_valid_after_utc
+    if (expires - now).days < min_days:
+        log.warning(
+            "the served certificate expires %s (fewer than --min-days %d days left): "
+            "clients that check names will refuse it then; publish the record to let the "
+            "renewal through",
+            f"{expires:%Y-%m-%d %H:%M} UTC",
+            min_days,
+        )
+
+
+__all__ = [
+    "Answer",
+    "DaneLookupError",
+    "Target",
+    "Tlsa",
+    "Verdict",
+    "association",
+    "guard",
+    "installed_chain",
+    "judge",
+    "lookup",
+    "match",
+    "records_for",
+    "targets",
+]
