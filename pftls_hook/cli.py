@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--warning-days", metavar="N", type=int, default=21)
     status.add_argument("--critical-days", metavar="N", type=int, default=7)
     sub.add_parser("rollback", parents=[after], help="restore the previous version")
+    tlsa = sub.add_parser(
+        "tlsa", parents=[after], help="DANE: the TLSA records to publish, compared with DNS"
+    )
+    tlsa.add_argument("name", nargs="?", metavar="NAME")
+    tlsa.add_argument("--json", action="store_true")
     _add_setup_commands(sub, after)
     sub.add_parser(
         "watch", parents=[after], help="daemon (systemd): deploy every change certbot makes"
@@ -213,6 +218,14 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
     raise UsageError(f"unknown command {ns.command}")
 
 
+def _tlsa(ns: argparse.Namespace, settings: Settings) -> int:
+    from pftls_hook import tlsa  # noqa: PLC0415
+
+    records = tlsa.collect(Deployer(settings), ns.name)
+    print(json.dumps(tlsa.as_json(records), indent=2) if ns.json else tlsa.render(records))
+    return EXIT_OK
+
+
 # ---------------------------------------------- setup commands: configure, obtain, register
 
 _SETUP_COMMANDS = ("configure", "obtain", "register", "unregister")
@@ -310,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status_check(ns)
     try:
         command = _setup_command if ns.command in _SETUP_COMMANDS else _run
+        command = _tlsa if ns.command == "tlsa" else command
         return command(ns, _settings(ns))
     except PftlsError as exc:
         log.error("%s", exc)

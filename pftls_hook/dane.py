@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,6 +54,8 @@ SELECTORS = (0, 1)  # 0: the certificate, 1: its SubjectPublicKeyInfo
 DIGEST_SIZES = {0: None, 1: 32, 2: 64}  # matching type -> digest length (0: exact data)
 LOOKUP_TIMEOUT = 5.0  # seconds for one target, all servers and retries included
 EDNS_PAYLOAD = 1232  # the DNS flag day 2020 size: larger answers come over TCP
+# certbot writes `reuse_key = True` under [renewalparams] of renewal/<name>.conf.
+_REUSE_KEY = re.compile(r"^\s*reuse_key\s*=\s*true\s*$", re.I | re.M)
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,12 @@ class Verdict:
         return self.answer is None or bool(self.answer.usable)
 
     @property
+    def pins_key(self) -> bool:
+        """Published 3 1 x records: only this key matches them, a new one will not."""
+        usable = self.answer.usable if self.answer else ()
+        return any(r.usage == DANE_EE and r.selector == 1 for r in usable)
+
+    @property
     def refuses(self) -> bool:
         return self.guarded and self.matched is None
 
@@ -256,6 +265,23 @@ def _problem(verdict: Verdict, chain: Sequence[x509.Certificate]) -> tuple[str, 
         f"{verdict.target.owner}: no published TLSA record matches the new certificate "
         f"({verdict.answer.describe()}: {published}); publish: {publish}",
         publish,
+    )
+
+
+def reuse_key_advice(settings: Settings, name: str, published_3_1: bool) -> str:
+    """A warning when 3 1 x records pin the key and certbot will change it next time."""
+    if not published_3_1:
+        return ""
+    conf = settings.certbot_config_dir / "renewal" / f"{name}.conf"
+    try:
+        if _REUSE_KEY.search(conf.read_text(errors="replace")):
+            return ""
+    except OSError:
+        return ""  # not a lineage certbot renews (or unreadable): nothing to advise
+    return (
+        f"{conf}: no reuse_key = True while 3 1 x TLSA records are published: certbot's next "
+        f"renewal makes a new key that they reject; keep the key with `certbot reconfigure "
+        f"--cert-name {name} --reuse-key` (certbot >= 2.3) or renew once with --reuse-key"
     )
 
 
@@ -289,7 +315,11 @@ def guard(
         return
     chain = [bundle.leaf, *bundle.intermediates]
     problems: list[tuple[str, str]] = []
-    for verdict in judge(chain, hostnames, settings):
+    verdicts = judge(chain, hostnames, settings)
+    advice = reuse_key_advice(settings, source, any(v.pins_key for v in verdicts))
+    if advice:
+        log.warning("%s", advice)
+    for verdict in verdicts:
         if verdict.refuses:
             problems.append(_problem(verdict, chain))
         elif verdict.answer is not None and verdict.matched is not None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from cryptography import x509
 
-from pftls_hook import probe
+from pftls_hook import probe, tlsa
 from pftls_hook.deploy import Deployer
 from pftls_hook.errors import PftlsError
 from pftls_hook.lineage import list_lineages, read_lineage
@@ -89,6 +89,7 @@ def collect(deployer: Deployer) -> dict[str, Any]:
         "main_cf": {k: ctx.state.effective.get(k, "") for k in MANAGED},
         "master_cf_overrides": [str(o) for o in ctx.state.tls_overrides()],
         "warnings": warnings,
+        "dane": tlsa.status(deployer, chosen or None),
     }
 
 
@@ -117,6 +118,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"main.cf {key} = {value}")
     lines.extend(report["master_cf_overrides"])
     lines.extend(f"warning: {w}" for w in report["warnings"])
+    lines.extend(tlsa.status_lines(report.get("dane")))
     return "\n".join(lines)
 
 
@@ -136,8 +138,11 @@ def check(
     one summary line with perfdata. CRITICAL: an endpoint serves a certificate other than
     the live one of the lineage that serves Postfix, or fails TLS, or the served certificate
     has fewer than `critical_days` left; WARNING: fewer than `warning_days`; UNKNOWN: it
-    cannot tell (no lineage, Postfix unreachable, nothing to probe)."""
-    state, text, perf = _verdict(report, warning_days, critical_days)
+    cannot tell (no lineage, Postfix unreachable, nothing to probe). DANE (tlsa.worst)
+    may raise it: CRITICAL no published record matches, WARNING a renewal held back."""
+    state, text, perf = tlsa.worst(
+        _verdict(report, warning_days, critical_days), report.get("dane")
+    )
     # `|` starts the perfdata: keep it out of the text.
     line = f"PFTLS-HOOK {state}: {text.replace('|', '/')}"
     return state, f"{line} | {perf}" if perf else line
@@ -159,13 +164,17 @@ def _verdict(  # noqa: PLR0911 - one return per state, in order of precedence
     critical: list[str] = []
     unknown: list[str] = []
     days: list[int] = []
+    # A renewal DANE holds back: the installed certificate is the one to serve (tlsa.worst
+    # says WARNING, with the record to publish).
+    held = bool((report.get("dane") or {}).get("held_back"))
     for where, seen in report["served"].items():
         if "error" in seen:
             broken = any(mark in seen["error"] for mark in _TLS_BROKEN)
             (critical if broken else unknown).append(seen["error"])
             continue
         days.append(seen["days_left"])
-        if seen["sha256"] != live["sha256"]:
+        excused = held and seen["sha256"] == report["installed"].get("sha256")
+        if seen["sha256"] != live["sha256"] and not excused:
             critical.append(
                 f"{where} serves sha256 {seen['sha256'][:16]}, not the live certificate of "
                 f"{name} (sha256 {live['sha256'][:16]})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import shlex
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from pftls_hook.config import DnsServer, parse_dns_server
 from pftls_hook.errors import UsageError
 from tests.conftest import MakePostfix
 from tests.support.certbot import Certbot
+from tests.support.daemon import WatchProcess
 from tests.support.deployed import LOOPBACK, current, first_deploy, sha256, wait_serves
 from tests.support.dns import DnsLab, Zone, dns_lab, tlsa_owner
 from tests.support.net import free_port
@@ -535,3 +537,108 @@ def test_certbot_renewals_new_key_refused_reuse_key_deployed(
     assert "refused by DANE" in output, output
     assert f"{owner} IN TLSA {rec_311(renewed)}" in output
     assert served_sha256(LOOPBACK, postfix.port) == hashlib.sha256(der(kept)).hexdigest()
+
+
+# --------------------------------------------------------------- tlsa, status, advice
+
+
+def test_tlsa_lists_served_next_issuer_and_stale_against_dns(rig: DaneRig, inter: CA) -> None:
+    first = _deploy_first(rig, inter)
+    stale = "3 1 1 " + "ab" * 32
+    rig.publish(rec_311(first.cert), stale)
+    renewed = inter.issue(rig.host)
+    rig.renew(renewed)
+
+    result = rig.run("tlsa")
+
+    assert_exit(result, EXIT_OK)
+    lines = result.stdout.splitlines()
+    owner = rig.owner
+    assert f"{owner} IN TLSA {rec_311(first.cert)}  ; served key: published" in lines
+    assert (
+        f"{owner} IN TLSA {rec_311(renewed.cert)}  ; next key: missing - publish before deploying"
+        in lines
+    )
+    assert f"{owner} IN TLSA {rec_211(inter.cert)}  ; served issuer: missing" in lines
+    assert f"; stale (matches no key or issuer served or held): {owner} IN TLSA {stale}" in lines
+    assert f"; {owner}: 2 usable record(s), DNSSEC-validated" in lines
+
+    report = json.loads(rig.run("tlsa", "--json").stdout)
+    assert report["lineage"] == rig.host
+    assert report["held_back"] == [f"{owner} IN TLSA {rec_311(renewed.cert)}"]
+    assert report["broken"] == []
+    (target,) = report["targets"]
+    assert target["authenticated"] is True
+    assert target["served_matches"] == rec_311(first.cert)
+
+
+def test_status_check_warns_while_held_back_and_is_critical_when_nothing_matches(
+    rig: DaneRig, inter: CA
+) -> None:
+    first = _deploy_first(rig, inter)
+    rig.publish(rec_311(first.cert))
+    assert_exit(rig.run("status", "--check"), 0)
+
+    renewed = inter.issue(rig.host)
+    rig.renew(renewed)
+    held = rig.run("status", "--check")
+    assert held.returncode == 1, held.stdout + held.stderr
+    assert held.stdout.startswith("PFTLS-HOOK WARNING: DANE: renewal held back")
+    assert f"{rig.owner} IN TLSA {rec_311(renewed.cert)}" in held.stdout
+
+    rig.publish("3 1 1 " + "cd" * 32)  # the admin published a wrong record
+    broken = rig.run("status", "--check")
+    assert broken.returncode == 2, broken.stdout + broken.stderr
+    assert broken.stdout.startswith("PFTLS-HOOK CRITICAL: DANE: the served chain matches no")
+    text = rig.run("status")
+    assert "the served chain matches NO published record" in text.stdout
+
+
+def test_reuse_key_advice_when_3_1_1_is_published_without_reuse_key(
+    rig: DaneRig, inter: CA
+) -> None:
+    first = _deploy_first(rig, inter)
+    rig.publish(rec_311(first.cert))
+    advice = "no reuse_key = True while 3 1 x TLSA records are published"
+    assert advice in rig.run("tlsa").stdout
+    renewed = inter.issue(rig.host)
+    rig.renew(renewed)
+    rig.publish(rec_311(first.cert), rec_311(renewed.cert))
+    deployed = rig.run("install", rig.host)
+    assert_exit(deployed, EXIT_OK)
+    assert advice in deployed.stderr
+    conf = rig.tool.config_dir / "renewal" / f"{rig.host}.conf"
+    conf.write_text(conf.read_text() + "\n[renewalparams]\nreuse_key = True\n")
+    assert advice not in rig.run("tlsa").stdout
+    # Only a 2 1 1: the key may change, nothing to advise.
+    rig.publish(rec_211(inter.cert))
+    conf.write_text(conf.read_text().replace("reuse_key = True", ""))
+    assert advice not in rig.run("tlsa").stdout
+
+
+@pytest.mark.slow
+def test_daemon_deploys_on_its_own_once_the_record_is_published(rig: DaneRig, inter: CA) -> None:
+    first = _deploy_first(rig, inter)
+    rig.publish(rec_311(first.cert))
+    renewed = inter.issue(rig.host)
+    rig.renew(renewed)
+    record = f"{rig.owner} IN TLSA {rec_311(renewed.cert)}"
+    options = [
+        *rig.tool.options(), "--dane", "enforce", "--dns-resolver", rig.lab.resolver.address,
+        "--debounce", "0.2",
+    ]  # fmt: skip
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    daemon = WatchProcess(options, env, rig.tool.base / "daemon.log", rig.tool.base).start()
+    try:
+        daemon.wait_output("refused by DANE", timeout=30)
+        assert f"publish: {record}" in daemon.output_text()
+        status = rig.run("status")
+        assert f"waiting for DNS: {record}" in status.stdout, status.stdout
+        assert served_sha256(LOOPBACK, rig.tool.postfix.port) == sha256(first)
+
+        rig.lab.knot.add(rig.owner, "TLSA", rec_311(renewed.cert))  # the admin publishes
+        wait_serves(rig.tool, renewed, timeout=60)
+        daemon.wait_output(f"matches TLSA {rec_311(renewed.cert)}", timeout=10)
+    finally:
+        code, _ = daemon.stop()
+    assert code == 0, daemon.output_text()

@@ -94,4 +94,5 @@ def render(state: dict[str, Any] | None) -> list[str]:
             f"  last failure: {failure.get('error')} at {failure.get('at')},"
             f" retry at {failure.get('retry_at')}"
         )
+        lines.extend(f"  waiting for DNS: {r}" for r in failure.get("waiting_for_dns", ()))
     return lines
