@@ -201,10 +201,18 @@ def lookup(target: Target, servers: Sequence[DnsServer]) -> Answer:
         ) from None
     except dns.resolver.LifetimeTimeout:
         raise DaneLookupError(
-            f"{target.owner}: TLSA lookup at {where}: no answer within {LOOKUP_TIMEOUT:g} s"
+            f"{target.owner}: TLSA lookup at {where}: no answer within {LOOKUP_TIMEOUT:g} s "
+            "(nothing answered, or only replies that do not parse)"
         ) from None
     except dns.exception.DNSException as exc:
         raise DaneLookupError(f"{target.owner}: TLSA lookup at {where} failed: {exc}") from None
+    if not answer.response.flags & dns.flags.RA:
+        # An authoritative-only server follows no CNAME out of its zones and may cut a
+        # chain short: its "no TLSA here" cannot be trusted as an answer.
+        raise DaneLookupError(
+            f"{target.owner}: {where} does not recurse (RA=0): give a resolver, "
+            "not an authoritative server"
+        )
     records = tuple(
         Tlsa(rd.usage, rd.selector, rd.mtype, bytes(rd.cert)) for rd in (answer.rrset or ())
     )

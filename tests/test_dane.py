@@ -5,7 +5,8 @@ whole tool as a separate process against real DNS — knot serving a DNSSEC-sign
 (`dane.test.`), an unsigned one and a bogus one, and a validating unbound in front of it
 (tests/support/dns.py) — with a real private Postfix, judged from outside: the exit code,
 the record printed, main.cf's bytes and what a STARTTLS client is served. The records the
-tests publish are computed here with cryptography and hashlib, not by pftls_hook.
+tests publish are computed by tests/support/tlsa.py (cryptography and hashlib), not by
+pftls_hook.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from pftls_hook import dane
 from pftls_hook.config import DnsServer, parse_dns_server
@@ -36,6 +36,7 @@ from tests.support.net import free_port
 from tests.support.pebble import Pebble
 from tests.support.pki import CA, Leaf
 from tests.support.postfix import served_sha256
+from tests.support.tlsa import der, record, spki
 from tests.support.tool import Tool, assert_exit
 
 SIGNED, PLAIN, BOGUS = "dane.test.", "plain.test.", "bogus.test."
@@ -45,30 +46,20 @@ EXIT_OK, EXIT_REFUSED = 0, 3
 # --------------------------------------------------------------- independent oracle
 
 
-def spki(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
 def rec_311(cert: x509.Certificate) -> str:
-    return f"3 1 1 {hashlib.sha256(spki(cert)).hexdigest()}"
+    return record(cert, 3, 1, 1)
 
 
 def rec_312(cert: x509.Certificate) -> str:
-    return f"3 1 2 {hashlib.sha512(spki(cert)).hexdigest()}"
+    return record(cert, 3, 1, 2)
 
 
 def rec_301(cert: x509.Certificate) -> str:
-    return f"3 0 1 {hashlib.sha256(der(cert)).hexdigest()}"
+    return record(cert, 3, 0, 1)
 
 
 def rec_211(cert: x509.Certificate) -> str:
-    return f"2 1 1 {hashlib.sha256(spki(cert)).hexdigest()}"
+    return record(cert, 2, 1, 1)
 
 
 def tlsa(text: str) -> dane.Tlsa:
@@ -104,8 +95,8 @@ def test_match_every_selector_and_matching_type(inter: CA) -> None:
     leaf = inter.issue("mail.dane.test", key="rsa")
     exact_cert = dane.Tlsa(3, 0, 0, der(leaf.cert))
     exact_key = dane.Tlsa(3, 1, 0, spki(leaf.cert))
-    for record in (tlsa(rec_301(leaf.cert)), tlsa(rec_312(leaf.cert)), exact_cert, exact_key):
-        assert dane.match(chain_of(leaf), [record]) == record, record
+    for each in (tlsa(rec_301(leaf.cert)), tlsa(rec_312(leaf.cert)), exact_cert, exact_key):
+        assert dane.match(chain_of(leaf), [each]) == each, each
 
 
 def test_usage_2_matches_an_issuer_in_the_chain_never_the_leaf(inter: CA, root: CA) -> None:
