@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,14 @@ from pftls_hook.errors import UsageError
 from tests.conftest import MakePostfix
 from tests.support.certbot import Certbot
 from tests.support.daemon import WatchProcess
-from tests.support.deployed import LOOPBACK, current, first_deploy, sha256, wait_serves
+from tests.support.deployed import (
+    LOOPBACK,
+    clean_env,
+    current,
+    first_deploy,
+    sha256,
+    wait_serves,
+)
 from tests.support.dns import DnsLab, Zone, dns_lab, tlsa_owner
 from tests.support.net import free_port
 from tests.support.pebble import Pebble
@@ -633,3 +641,60 @@ def test_daemon_deploys_on_its_own_once_the_record_is_published(rig: DaneRig, in
     finally:
         code, _ = daemon.stop()
     assert code == 0, daemon.output_text()
+
+
+def test_resolver_on_ipv6_loopback(rig: DaneRig, inter: CA) -> None:
+    if not rig.lab.resolver.ipv6:
+        pytest.fail("no ::1 here: the IPv6 resolver form cannot be exercised")
+    first = _deploy_first(rig, inter)
+    rig.publish(rec_311(first.cert))
+    renewed = inter.issue(rig.host)
+    rig.renew(renewed)
+    resolver = f"[::1]:{rig.lab.resolver.port}"
+    was = before(rig)
+    refused = rig.tool.run("--dane", "enforce", "--dns-resolver", resolver, "install", rig.host)
+    assert_refused_unchanged(rig, was, refused)
+    rig.publish(rec_311(first.cert), rec_311(renewed.cert))
+    deployed = rig.tool.run("--dane", "enforce", "--dns-resolver", resolver, "install", rig.host)
+    assert_exit(deployed, EXIT_OK)
+    wait_serves(rig.tool, renewed)
+
+
+def test_default_resolver_is_etc_resolv_conf(rig: DaneRig, inter: CA, tmp_path: Path) -> None:
+    """Without --dns-resolver the nameservers of /etc/resolv.conf are asked. Shown in a
+    private mount namespace where /etc/resolv.conf names none: the tool refuses, saying so
+    (the machine's own resolver is never queried by the tests)."""
+    first = _deploy_first(rig, inter)
+    rig.renew(inter.issue(rig.host))
+    empty = tmp_path / "resolv.conf"
+    empty.write_text("# no nameserver\n")
+    was = before(rig)
+    result = subprocess.run(
+        ["/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+         '/usr/bin/mount --bind "$0" /etc/resolv.conf && exec "$@"', str(empty),
+         sys.executable, "-m", "pftls_hook", *rig.tool.options(), "--dane", "enforce",
+         "install", rig.host],
+        capture_output=True, text=True, timeout=120, check=False, env=clean_env(),
+    )  # fmt: skip
+    assert_refused_unchanged(rig, was, result)
+    assert "/etc/resolv.conf names no nameserver: give --dns-resolver" in result.stderr
+    assert was.served == sha256(first)
+
+
+def test_refusal_warns_when_the_served_certificate_is_about_to_expire(
+    rig: DaneRig, inter: CA
+) -> None:
+    ends = datetime.now(UTC) + timedelta(days=1, hours=12)
+    first = inter.issue(rig.host, not_after=ends)
+    rig.tool.lineage(first, name=rig.host)
+    first_deploy_named(rig, first)
+    rig.publish(rec_311(first.cert))
+    rig.renew(inter.issue(rig.host))
+    was = before(rig)
+    result = rig.run("--min-days", "2", "install", rig.host)
+    assert_refused_unchanged(rig, was, result)
+    assert f"the served certificate expires {ends:%Y-%m-%d %H:%M} UTC" in result.stderr
+    # With days to spare, no such warning.
+    quiet = rig.run("--min-days", "1", "install", rig.host)
+    assert_exit(quiet, EXIT_REFUSED)
+    assert "the served certificate expires" not in quiet.stderr
