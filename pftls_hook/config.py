@@ -50,6 +50,7 @@ class DnsServer:
 
 
 DANE_MODES = ("enforce", "warn", "off")
+_CHOICES = {"layout": LAYOUTS, "dane": DANE_MODES}
 
 
 @dataclass(frozen=True)
@@ -146,10 +147,6 @@ def _convert(key: str, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branc
             if not ports or len(ports) != len(items) or not all(0 < p < 65536 for p in ports):
                 raise ValueError
             return ports
-        if key == "dane":
-            if value not in DANE_MODES:
-                raise UsageError(f"dane: {value!r} is not one of {', '.join(DANE_MODES)}")
-            return value
         if key in ("no_probe", "dry_run"):
             if isinstance(value, bool):
                 return value
@@ -169,9 +166,9 @@ def _convert(key: str, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branc
             if seconds <= 0:
                 raise ValueError
             return seconds
-        if key == "layout":
-            if value not in LAYOUTS:
-                raise UsageError(f"layout: {value!r} is not one of {', '.join(LAYOUTS)}")
+        if key in _CHOICES:
+            if value not in _CHOICES[key]:
+                raise UsageError(f"{key}: {value!r} is not one of {', '.join(_CHOICES[key])}")
             return value
         if isinstance(value, str | Path) and str(value):
             return Path(value)

@@ -26,7 +26,7 @@ import pytest
 from cryptography import x509
 
 from pftls_hook import dane
-from pftls_hook.config import DnsServer, parse_dns_server
+from pftls_hook.config import DnsServer, load_settings, parse_dns_server
 from pftls_hook.errors import UsageError
 from tests.conftest import MakePostfix
 from tests.support.certbot import Certbot
@@ -170,6 +170,23 @@ def test_dns_resolver_syntax(text: str, server: DnsServer) -> None:
 def test_dns_resolver_syntax_errors_name_the_option(text: str) -> None:
     with pytest.raises(UsageError, match="--dns-resolver"):
         parse_dns_server(text)
+
+
+def test_dane_settings_from_file_env_and_their_errors(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('dane = "warn"\ndns-resolver = ["127.0.0.1:5353", "[::1]"]\n')
+    config.chmod(0o600)
+    settings = load_settings({"config": str(config)}, {"PFTLS_HOOK_DANE_PORTS": "25 465"})
+    assert settings.dane == "warn"
+    assert settings.dns_resolvers == (DnsServer("127.0.0.1", 5353), DnsServer("::1", 53))
+    assert settings.dane_ports == (25, 465)
+    assert load_settings({"config": str(config), "dane": "off"}, {}).dane == "off"
+    for bad in ({"PFTLS_HOOK_DANE": "maybe"}, {"PFTLS_HOOK_DANE_PORTS": "0"}):
+        with pytest.raises(UsageError, match="dane"):
+            load_settings({"config": str(config)}, bad)
+    config.write_text("dane-ports = [25, true]\n")
+    with pytest.raises(UsageError, match="dane-ports: invalid value"):
+        load_settings({"config": str(config)}, {})
 
 
 # --------------------------------------------------------------- real DNS, real Postfix
