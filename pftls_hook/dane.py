@@ -293,20 +293,27 @@ def reuse_key_advice(settings: Settings, name: str, published_3_1: bool) -> str:
     )
 
 
-def installed_chain(files: Iterable[str]) -> list[x509.Certificate]:
-    """The chain in the files main.cf points at (key and chain, or one combined file)."""
-    for path in files:
+def served_chains(files: Iterable[str]) -> list[list[x509.Certificate]]:
+    """The chains in the files smtpd loads, one per file holding certificates (a combined
+    key + chain file, a cert file, an ECDSA cert file...), each once; unreadable ones left
+    out. Several key + chain sequences inside one file are read as one chain."""
+    chains: list[list[x509.Certificate]] = []
+    for path in dict.fromkeys(files):
         try:
             data = Path(path).read_bytes()
-        except OSError:
+            start = data.find(b"-----BEGIN CERTIFICATE-----")
+            chain = parse_certificates(data[start:], path) if start >= 0 else []
+        except (OSError, RefusedError):
             continue
-        start = data.find(b"-----BEGIN CERTIFICATE-----")
-        if start >= 0:
-            try:
-                return parse_certificates(data[start:], path)
-            except RefusedError:
-                return []
-    return []
+        if chain and chain not in chains:
+            chains.append(chain)
+    return chains
+
+
+def installed_chain(files: Iterable[str]) -> list[x509.Certificate]:
+    """The first chain in the files main.cf points at: the one pftls-hook installed."""
+    chains = served_chains(files)
+    return chains[0] if chains else []
 
 
 def guard(

@@ -42,6 +42,7 @@ class TargetReport:
     usable_published: int = 0
     pins_key: bool = False  # 3 1 x records are published: a new key breaks them
     served_matches: str = ""  # the published record the served chain matches, if any
+    unmatched_chains: int = 0  # other chains served (ECDSA beside RSA) that match none
     next_matches: str = ""  # the same for the live chain, when it differs from the served
 
 
@@ -54,12 +55,12 @@ class TlsaReport:
 
     @property
     def broken(self) -> list[str]:
-        """Targets whose usable records the served chain does not match: DANE senders
-        cannot deliver now."""
+        """Targets whose usable records a served chain does not match: DANE senders
+        (those given that chain) cannot deliver now."""
         return [
             t.owner
             for t in self.targets
-            if not t.error and t.usable_published and not t.served_matches
+            if not t.error and t.usable_published and (not t.served_matches or t.unmatched_chains)
         ]
 
     @property
@@ -85,12 +86,14 @@ def _chain(data: bytes, file: str) -> list[x509.Certificate]:
 
 def _target(
     target: dane.Target,
-    served: list[x509.Certificate],
+    chains: list[list[x509.Certificate]],
     live: list[x509.Certificate],
     settings: Settings,
 ) -> TargetReport:
+    served = chains[0] if chains else []
     ours: list[tuple[str, dane.Tlsa]] = []
-    for role, chain in (("served", served), ("next", live if live != served else [])):
+    roles = [*(("served", c) for c in chains), ("next", live if live not in chains else [])]
+    for role, chain in roles:
         for i, record in enumerate(dane.records_for(chain)):
             ours.append((f"{role} {'key' if i == 0 else 'issuer'}", record))
     try:
@@ -99,7 +102,7 @@ def _target(
         states = tuple(RecordState(target.record(r), role, "unknown") for role, r in ours)
         return TargetReport(target.owner, error=str(exc), records=states)
     published = set(answer.records)
-    held = [served, live]
+    held = [*chains, live]
     return TargetReport(
         owner=target.owner,
         canonical=answer.canonical,
@@ -114,6 +117,7 @@ def _target(
         usable_published=len(answer.usable),
         pins_key=any(r.usage == dane.DANE_EE and r.selector == 1 for r in answer.usable),
         served_matches=str(dane.match(served, answer.usable) or ""),
+        unmatched_chains=sum(1 for c in chains[1:] if not dane.match(c, answer.usable)),
         next_matches=str(dane.match(live, answer.usable) or "") if live != served else "",
     )
 
@@ -125,15 +129,24 @@ def collect(deployer: Deployer, name: str | None = None) -> TlsaReport:
     lineage, live = name or "", []
     try:
         lineage = name or deployer.choose(ctx.hostnames)
-        files = read_lineage(settings.live_dir / lineage, settle_timeout=1).files
-        live = _chain(files.fullchain, str(settings.live_dir / lineage / "fullchain.pem"))
+        source = read_lineage(settings.live_dir / lineage, settle_timeout=1).files
+        live = _chain(source.fullchain, str(settings.live_dir / lineage / "fullchain.pem"))
     except PftlsError as exc:
         warnings.append(str(exc))
-    served = dane.installed_chain(ctx.state.pointed_files())
+    files = ctx.state.pointed_files()
+    if not ctx.state.uses_chain_files:
+        # Legacy parameters: an ECDSA (or DSA) certificate beside the RSA one is served
+        # to the clients that prefer it; DANE senders must be able to match it too.
+        files += [
+            ctx.state.effective.get(p, "")
+            for p in ("smtpd_tls_eccert_file", "smtpd_tls_dcert_file")
+        ]
+    chains = dane.served_chains(f for f in files if f)
+    served = chains[0] if chains else []
     if not served:
         warnings.append("main.cf points at no certificate pftls-hook can read: nothing served")
     targets = tuple(
-        _target(t, served, live, settings) for t in dane.targets(ctx.hostnames, settings.dane_ports)
+        _target(t, chains, live, settings) for t in dane.targets(ctx.hostnames, settings.dane_ports)
     )
     pinned = any(t.pins_key for t in targets)
     advice = dane.reuse_key_advice(settings, lineage, pinned) if lineage else ""
@@ -203,6 +216,8 @@ def status_lines(report: dict[str, Any] | None) -> list[str]:
             if matched
             else "the served chain matches NO published record: DANE senders cannot deliver"
         )
+        if t["unmatched_chains"]:
+            verdict += f"; {t['unmatched_chains']} other served chain(s) (ECDSA/RSA) match none"
         lines.append(f"DANE {t['owner']}: {t['usable_published']} record(s), {ad}; {verdict}")
     lines.extend(f"DANE: renewal held back until published: {line}" for line in report["held_back"])
     lines.extend(f"warning: {w}" for w in report["warnings"])

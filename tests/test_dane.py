@@ -715,3 +715,31 @@ def test_refusal_warns_when_the_served_certificate_is_about_to_expire(
     quiet = rig.run("--min-days", "1", "install", rig.host)
     assert_exit(quiet, EXIT_REFUSED)
     assert "the served certificate expires" not in quiet.stderr
+
+
+def test_each_served_chain_must_match_rsa_and_ecdsa(rig: DaneRig, inter: CA) -> None:
+    """main.cf serves an ECDSA certificate (smtpd_tls_eccert_file) beside the RSA one
+    pftls-hook installed: a DANE sender may be given either, so both must match."""
+    rsa = inter.issue(rig.host, key="rsa")
+    rig.tool.lineage(rsa, name=rig.host)
+    first_deploy_named(rig, rsa)
+    ecdsa = inter.issue(rig.host, key="ec")
+    ec_cert, ec_key = rig.tool.base / "ec-cert.pem", rig.tool.base / "ec-key.pem"
+    ec_cert.write_bytes(ecdsa.fullchain_pem)
+    ec_key.write_bytes(ecdsa.key_pem())
+    ec_key.chmod(0o600)
+    rig.tool.postfix.postconf(
+        "-e", f"smtpd_tls_eccert_file = {ec_cert}", f"smtpd_tls_eckey_file = {ec_key}"
+    )
+    rig.publish(rec_311(rsa.cert))
+    report = json.loads(rig.run("tlsa", "--json").stdout)
+    (target,) = report["targets"]
+    assert target["served_matches"] == rec_311(rsa.cert)
+    assert target["unmatched_chains"] == 1
+    assert report["broken"] == [rig.owner]
+    listed = rig.run("tlsa").stdout
+    assert f"{rig.owner} IN TLSA {rec_311(ecdsa.cert)}  ; served key: missing" in listed
+
+    rig.publish(rec_311(rsa.cert), rec_311(ecdsa.cert))
+    report = json.loads(rig.run("tlsa", "--json").stdout)
+    assert report["broken"] == []
