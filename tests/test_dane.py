@@ -743,3 +743,22 @@ def test_each_served_chain_must_match_rsa_and_ecdsa(rig: DaneRig, inter: CA) -> 
     rig.publish(rec_311(rsa.cert), rec_311(ecdsa.cert))
     report = json.loads(rig.run("tlsa", "--json").stdout)
     assert report["broken"] == []
+
+
+def test_tlsa_and_status_when_dns_cannot_answer(rig: DaneRig, inter: CA) -> None:
+    first = _deploy_first(rig, inter)
+    silent = f"{LOOPBACK}:{free_port()}"
+    listed = rig.tool.run("--dane", "enforce", "--dns-resolver", silent, "tlsa")
+    assert_exit(listed, EXIT_OK)
+    assert f"; {rig.owner} lookup failed: {rig.owner}: TLSA lookup at {silent}" in listed.stdout
+    assert f"{rig.owner} IN TLSA {rec_311(first.cert)}  ; served key: unknown" in listed.stdout
+    check = rig.tool.run("--dane", "enforce", "--dns-resolver", silent, "status", "--check")
+    assert check.returncode == 3, check.stdout
+    assert f"DANE: TLSA lookup failed for {rig.owner}" in check.stdout
+    # A dry run refuses as the deploy would, and says nothing would be written.
+    rig.publish(rec_311(first.cert))
+    rig.renew(inter.issue(rig.host))
+    was = before(rig)
+    dry = rig.run("--dry-run", "install", rig.host)
+    assert_refused_unchanged(rig, was, dry)
+    assert "would write" not in dry.stdout
