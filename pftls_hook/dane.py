@@ -36,6 +36,7 @@ from pathlib import Path
 
 import dns.exception
 import dns.flags
+import dns.message
 import dns.name
 import dns.nameserver
 import dns.rdatatype
@@ -185,6 +186,16 @@ def _resolver(servers: Sequence[DnsServer]) -> dns.resolver.Resolver:
     return resolver
 
 
+def _require_recursion(response: dns.message.Message, target: Target, where: str) -> None:
+    """An authoritative-only server (RA=0) follows no CNAME out of its zones and may cut a
+    chain short: its "no TLSA here" cannot be trusted as an answer."""
+    if not response.flags & dns.flags.RA:
+        raise DaneLookupError(
+            f"{target.owner}: {where} does not recurse (RA=0): give a resolver, "
+            "not an authoritative server"
+        )
+
+
 def lookup(target: Target, servers: Sequence[DnsServer]) -> Answer:
     resolver = _resolver(servers)
     where = ", ".join(map(str, servers)) or "the /etc/resolv.conf nameservers"
@@ -192,8 +203,13 @@ def lookup(target: Target, servers: Sequence[DnsServer]) -> Answer:
         answer = resolver.resolve(
             target.owner, dns.rdatatype.TLSA, search=False, raise_on_no_answer=False
         )
-    except dns.resolver.NXDOMAIN:
-        return Answer(target, (), False, target.owner)
+    except dns.resolver.NXDOMAIN as exc:
+        replies: dict[dns.name.Name, dns.message.Message] = exc.kwargs.get("responses", {})
+        responses = list(replies.values())
+        for response in responses:
+            _require_recursion(response, target, where)
+        validated = bool(responses) and all(r.flags & dns.flags.AD for r in responses)
+        return Answer(target, (), validated, target.owner)
     except dns.resolver.NoNameservers:
         raise DaneLookupError(
             f"{target.owner}: TLSA lookup failed at {where}: SERVFAIL or refused "
@@ -206,13 +222,7 @@ def lookup(target: Target, servers: Sequence[DnsServer]) -> Answer:
         ) from None
     except dns.exception.DNSException as exc:
         raise DaneLookupError(f"{target.owner}: TLSA lookup at {where} failed: {exc}") from None
-    if not answer.response.flags & dns.flags.RA:
-        # An authoritative-only server follows no CNAME out of its zones and may cut a
-        # chain short: its "no TLSA here" cannot be trusted as an answer.
-        raise DaneLookupError(
-            f"{target.owner}: {where} does not recurse (RA=0): give a resolver, "
-            "not an authoritative server"
-        )
+    _require_recursion(answer.response, target, where)
     records = tuple(
         Tlsa(rd.usage, rd.selector, rd.mtype, bytes(rd.cert)) for rd in (answer.rrset or ())
     )
@@ -388,7 +398,6 @@ def _warn_expiry(served: Sequence[x509.Certificate], min_days: int, now: datetim
 
 __all__ = [
     "Answer",
-    "DaneLookupError",
     "Target",
     "Tlsa",
     "Verdict",
