@@ -13,11 +13,8 @@ Contract:
   the whole certificate (DER), 1 = its SubjectPublicKeyInfo; matching type 0 = exact,
   1 = SHA-256, 2 = SHA-512. Usages 0/1 (PKIX-TA/EE), unknown parameters and digests of the
   wrong length are unusable for SMTP (RFC 7672 §3.1.3) and never match.
-- `lookup(target, servers)` asks dnspython for the TLSA RRset (through `--dns-resolver`
-  servers, else /etc/resolv.conf), following CNAMEs, and reports whether the resolver
-  validated it (AD). No records (NXDOMAIN, or no TLSA) is an answer; a failure (timeout,
-  SERVFAIL — what a validating resolver says for a bogus answer —, no resolver, a malformed
-  reply) is raised as `DaneLookupError`: it is not safe to guess.
+- `dane_dns.lookup(target, servers)` gets each target's records (`Answer`); a failure is
+  a `DaneLookupError`: it is not safe to guess.
 - `guard(...)` is the deploy stage: with `dane = enforce` it raises `DaneRefusedError`
   (one error line logged per target, with the exact record to publish) unless the chain
   matches a usable record of every target that has any; with `warn` it only logs that;
@@ -34,17 +31,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.nameserver
-import dns.rdatatype
-import dns.resolver
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pftls_hook.config import DnsServer, Settings
+from pftls_hook.config import Settings
 from pftls_hook.errors import DaneLookupError, DaneRefusedError, RefusedError
 from pftls_hook.verify import VerifiedBundle, parse_certificates
 
@@ -53,8 +43,6 @@ log = logging.getLogger("pftls-hook")
 DANE_TA, DANE_EE = 2, 3
 SELECTORS = (0, 1)  # 0: the certificate, 1: its SubjectPublicKeyInfo
 DIGEST_SIZES = {0: None, 1: 32, 2: 64}  # matching type -> digest length (0: exact data)
-LOOKUP_TIMEOUT = 5.0  # seconds for one target, all servers and retries included
-EDNS_PAYLOAD = 1232  # the DNS flag day 2020 size: larger answers come over TCP
 # certbot writes `reuse_key = True` under [renewalparams] of renewal/<name>.conf.
 _REUSE_KEY = re.compile(r"^\s*reuse_key\s*=\s*true\s*$", re.I | re.M)
 
@@ -89,7 +77,7 @@ class Target:
 
     @property
     def owner(self) -> str:
-        return f"_{self.port}._tcp.{dns.name.from_text(self.host).to_text()}"
+        return f"_{self.port}._tcp.{self.host}."
 
     def record(self, tlsa: Tlsa) -> str:
         """The zone-file line to publish."""
@@ -162,74 +150,6 @@ def records_for(chain: Sequence[x509.Certificate]) -> tuple[Tlsa, ...]:
     return leaf + tuple(Tlsa(DANE_TA, 1, 1, association(c, 1, 1)) for c in chain[1:])
 
 
-# ------------------------------------------------------------------------- DNS
-
-
-def _resolver(servers: Sequence[DnsServer]) -> dns.resolver.Resolver:
-    try:
-        if servers:
-            resolver = dns.resolver.Resolver(configure=False)
-            resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(s.address, s.port) for s in servers
-            ]
-        else:
-            resolver = dns.resolver.Resolver()  # /etc/resolv.conf
-    except dns.resolver.NoResolverConfiguration:
-        raise DaneLookupError(
-            "/etc/resolv.conf names no nameserver: give --dns-resolver ADDR[:PORT]"
-        ) from None
-    resolver.lifetime = LOOKUP_TIMEOUT
-    resolver.timeout = LOOKUP_TIMEOUT / 2
-    # AD in the query asks the resolver to report validation (RFC 6840 §5.7).
-    resolver.flags = dns.flags.RD | dns.flags.AD
-    resolver.use_edns(0, 0, EDNS_PAYLOAD)
-    return resolver
-
-
-def _require_recursion(response: dns.message.Message, target: Target, where: str) -> None:
-    """An authoritative-only server (RA=0) follows no CNAME out of its zones and may cut a
-    chain short: its "no TLSA here" cannot be trusted as an answer."""
-    if not response.flags & dns.flags.RA:
-        raise DaneLookupError(
-            f"{target.owner}: {where} does not recurse (RA=0): give a resolver, "
-            "not an authoritative server"
-        )
-
-
-def lookup(target: Target, servers: Sequence[DnsServer]) -> Answer:
-    resolver = _resolver(servers)
-    where = ", ".join(map(str, servers)) or "the /etc/resolv.conf nameservers"
-    try:
-        answer = resolver.resolve(
-            target.owner, dns.rdatatype.TLSA, search=False, raise_on_no_answer=False
-        )
-    except dns.resolver.NXDOMAIN as exc:
-        replies: dict[dns.name.Name, dns.message.Message] = exc.kwargs.get("responses", {})
-        responses = list(replies.values())
-        for response in responses:
-            _require_recursion(response, target, where)
-        validated = bool(responses) and all(r.flags & dns.flags.AD for r in responses)
-        return Answer(target, (), validated, target.owner)
-    except dns.resolver.NoNameservers:
-        raise DaneLookupError(
-            f"{target.owner}: TLSA lookup failed at {where}: SERVFAIL or refused "
-            "(a validating resolver answers SERVFAIL when the records are bogus)"
-        ) from None
-    except dns.resolver.LifetimeTimeout:
-        raise DaneLookupError(
-            f"{target.owner}: TLSA lookup at {where}: no answer within {LOOKUP_TIMEOUT:g} s "
-            "(nothing answered, or only replies that do not parse)"
-        ) from None
-    except dns.exception.DNSException as exc:
-        raise DaneLookupError(f"{target.owner}: TLSA lookup at {where} failed: {exc}") from None
-    _require_recursion(answer.response, target, where)
-    records = tuple(
-        Tlsa(rd.usage, rd.selector, rd.mtype, bytes(rd.cert)) for rd in (answer.rrset or ())
-    )
-    authenticated = bool(answer.response.flags & dns.flags.AD)
-    return Answer(target, records, authenticated, answer.canonical_name.to_text())
-
-
 # ------------------------------------------------------------------------- the deploy stage
 
 
@@ -262,6 +182,10 @@ def judge(
     chain: Sequence[x509.Certificate], hostnames: Iterable[str], settings: Settings
 ) -> list[Verdict]:
     """Each target's records looked up and matched against `chain`."""
+    # Imported here: dnspython takes 50-100 ms to import, which a deploy hook run that
+    # skips the lineage, or runs with --dane off, need not pay.
+    from pftls_hook.dane_dns import lookup  # noqa: PLC0415
+
     verdicts = []
     for target in targets(hostnames, settings.dane_ports):
         try:
@@ -405,7 +329,6 @@ __all__ = [
     "guard",
     "installed_chain",
     "judge",
-    "lookup",
     "match",
     "records_for",
     "targets",

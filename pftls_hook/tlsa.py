@@ -18,6 +18,7 @@ from cryptography import x509
 
 from pftls_hook import dane
 from pftls_hook.config import Settings
+from pftls_hook.dane_dns import lookup
 from pftls_hook.deploy import Deployer
 from pftls_hook.errors import DaneLookupError, PftlsError
 from pftls_hook.lineage import read_lineage
@@ -97,7 +98,7 @@ def _target(
         for i, record in enumerate(dane.records_for(chain)):
             ours.append((f"{role} {'key' if i == 0 else 'issuer'}", record))
     try:
-        answer = dane.lookup(target, settings.dns_resolvers)
+        answer = lookup(target, settings.dns_resolvers)
     except DaneLookupError as exc:
         states = tuple(RecordState(target.record(r), role, "unknown") for role, r in ours)
         return TargetReport(target.owner, error=str(exc), records=states)
