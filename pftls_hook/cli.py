@@ -12,6 +12,7 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -79,6 +80,12 @@ _GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any], str], ...] = (
      "watch: look at every lineage this often (default 600)"),
     (("--dry-run",), {"action": "store_const", "const": True},
      "say what would change; change nothing"),
+    (("--dane",), {"choices": ("enforce", "warn", "off")},
+     "refuse (default), or only warn about, a certificate the published TLSA records of "
+     "_25._tcp.<hostname> reject; off: no lookup"),
+    (("--dns-resolver",), {"metavar": "ADDR[:PORT]", "action": "append"},
+     "resolver for TLSA lookups (repeatable; IPv6 as [::1]:53); default: the nameservers "
+     "of /etc/resolv.conf"),
     (("-v", "--verbose"), {"action": "count"}, "more detail (-v); tracebacks of internal errors"),
     (("-q", "--quiet"), {"action": "store_const", "const": True}, "warnings and errors only"),
 )  # fmt: skip
@@ -116,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--critical-days", metavar="N", type=int, default=7,
                         help="--check: CRITICAL under N days left (default 7)")  # fmt: skip
     sub.add_parser("rollback", parents=[after], help="restore the previous version")
+    tlsa = sub.add_parser(
+        "tlsa", parents=[after], help="DANE: the TLSA records to publish, compared with DNS"
+    )
+    tlsa.add_argument("name", nargs="?", metavar="NAME", help=lineage_help)
+    tlsa.add_argument("--json", action="store_true", help="the records as JSON")
     _add_setup_commands(sub, after)
     sub.add_parser(
         "watch", parents=[after], help="daemon (systemd): deploy every change certbot makes"
@@ -126,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 _FLAG_KEYS = (
     "config", "live_dir", "postfix_config_dir", "install_dir", "ca_file", "lock_file",
     "hostname", "probe", "no_probe", "probe_timeout", "layout", "min_days", "dry_run",
-    "debounce", "reconcile_interval",
+    "debounce", "reconcile_interval", "dane", "dns_resolver",
 )  # fmt: skip
 
 
@@ -198,6 +210,7 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
     if ns.command == "verify":
         ctx = deployer.context()
         snapshot, bundle = deployer.read_and_verify(ns.name, ctx)
+        deployer.dane_guard(snapshot.name, bundle, ctx)
         deployer.install_dir.check()
         for note in ctx.notes:
             log.warning("%s", note)
@@ -216,6 +229,14 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
         _render(deployer.rollback())
         return EXIT_OK
     raise UsageError(f"unknown command {ns.command}")
+
+
+def _tlsa(ns: argparse.Namespace, settings: Settings) -> int:
+    from pftls_hook import tlsa  # noqa: PLC0415
+
+    records = tlsa.collect(Deployer(settings), ns.name)
+    print(json.dumps(tlsa.as_json(records), indent=2) if ns.json else tlsa.render(records))
+    return EXIT_OK
 
 
 # ---------------------------------------------- setup commands: configure, obtain, register
@@ -330,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status_check(ns)
     try:
         command = _setup_command if ns.command in _SETUP_COMMANDS else _run
+        command = _tlsa if ns.command == "tlsa" else command
         return command(ns, _settings(ns))
     except PftlsError as exc:
         log.error("%s", exc)

@@ -9,6 +9,7 @@ what root deploys, so it must be owned by root and writable by nobody else.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 from collections.abc import Mapping
@@ -36,6 +37,22 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class DnsServer:
+    """A DNS resolver to ask for TLSA records (`--dns-resolver ADDR[:PORT]`)."""
+
+    address: str
+    port: int = 53
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+DANE_MODES = ("enforce", "warn", "off")
+_CHOICES = {"layout": LAYOUTS, "dane": DANE_MODES}
+
+
+@dataclass(frozen=True)
 class Settings:
     live_dir: Path = Path("/etc/letsencrypt/live")
     postfix_config_dir: Path = Path("/etc/postfix")
@@ -55,6 +72,9 @@ class Settings:
     settle_timeout: float = 10.0
     debounce: float = 0.5
     reconcile_interval: float = 600.0
+    dane: str = "enforce"
+    dns_resolvers: tuple[DnsServer, ...] = ()  # empty: the nameservers of /etc/resolv.conf
+    dane_ports: tuple[int, ...] = (25,)
     config_file: Path | None = field(default=None, compare=False)
 
     @property
@@ -73,12 +93,31 @@ def parse_endpoint(text: str) -> Endpoint:
         raise UsageError(f"--probe {text!r}: expected HOST:PORT, e.g. 127.0.0.1:25")
     if host != "localhost":
         try:
-            import ipaddress  # noqa: PLC0415 - only for --probe, not on every hook run
-
             ipaddress.ip_address(host)
         except ValueError:
             raise UsageError(f"--probe {text!r}: HOST must be an IP address or localhost") from None
     return Endpoint(host, int(port), implicit)
+
+
+def parse_dns_server(text: str) -> DnsServer:
+    """`ADDR`, `ADDR:PORT`, `[v6]:PORT` or a bare IPv6 address; port 53 by default."""
+    raw = text.strip()
+    if raw.startswith("["):
+        host, _, rest = raw[1:].partition("]")
+        port = rest.removeprefix(":") if rest.startswith(":") else ("53" if not rest else "")
+    elif raw.count(":") == 1:
+        host, port = raw.split(":")
+    else:
+        host, port = raw, "53"
+    try:
+        address = str(ipaddress.ip_address(host))
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError
+    except ValueError:
+        raise UsageError(
+            f"--dns-resolver {text!r}: expected ADDR[:PORT], e.g. 127.0.0.1:53 or [::1]:53"
+        ) from None
+    return DnsServer(address, int(port))
 
 
 def _as_list(value: Any, key: str) -> list[str]:
@@ -99,6 +138,14 @@ def _convert(key: str, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branc
             return tuple(_as_list(value, key))
         if key == "probes":
             return tuple(parse_endpoint(v) for v in _as_list(value, key))
+        if key == "dns_resolvers":
+            return tuple(parse_dns_server(v) for v in _as_list(value, key))
+        if key == "dane_ports":
+            items = value if isinstance(value, list) else _as_list(value, key)
+            ports = tuple(int(p) for p in items if not isinstance(p, bool))
+            if not ports or len(ports) != len(items) or not all(0 < p < 65536 for p in ports):
+                raise ValueError
+            return ports
         if key in ("no_probe", "dry_run"):
             if isinstance(value, bool):
                 return value
@@ -118,9 +165,9 @@ def _convert(key: str, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branc
             if seconds <= 0:
                 raise ValueError
             return seconds
-        if key == "layout":
-            if value not in LAYOUTS:
-                raise UsageError(f"layout: {value!r} is not one of {', '.join(LAYOUTS)}")
+        if key in _CHOICES:
+            if value not in _CHOICES[key]:
+                raise UsageError(f"{key}: {value!r} is not one of {', '.join(_CHOICES[key])}")
             return value
         if isinstance(value, str | Path) and str(value):
             return Path(value)
@@ -130,7 +177,13 @@ def _convert(key: str, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branc
 
 
 # Accepted spellings in files and environment, mapped to setting names.
-_ALIASES = {"hostname": "hostnames", "probe": "probes", "lineage": "lineages"}
+_ALIASES = {
+    "hostname": "hostnames",
+    "probe": "probes",
+    "lineage": "lineages",
+    "dns_resolver": "dns_resolvers",
+    "dane_port": "dane_ports",
+}
 _SETTABLE = {f.name for f in fields(Settings)} - {"config_file"}
 
 

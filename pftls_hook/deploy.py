@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from pftls_hook import probe
+from pftls_hook import dane, probe
 from pftls_hook.config import Endpoint, Settings
 from pftls_hook.errors import (
     CommandError,
@@ -216,6 +216,19 @@ class Deployer:
         )
         return snapshot, bundle
 
+    def dane_guard(self, name: str, bundle: VerifiedBundle, ctx: Context) -> None:
+        """DANE: refuse a chain that the published TLSA records of a target reject. Asked
+        before anything would change what Postfix serves; a no-op changes nothing and so
+        needs no DNS."""
+        dane.guard(
+            self.settings,
+            name,
+            bundle,
+            hostnames=ctx.hostnames,
+            served_files=ctx.state.pointed_files(),
+            now=self.clock(),
+        )
+
     def selected(self, ctx: Context) -> str:
         if ctx.selection.lineage is None:
             raise RefusedError(str(self.settings.live_dir), ctx.selection.why_none)
@@ -253,10 +266,12 @@ class Deployer:
         expected = bundle.leaf_sha256
         done = Outcome(name, "deployed", expected, bundle.warnings, tuple(map(str, ctx.endpoints)))
         pointed = ctx.state.pointed_files()
-        if self.install_dir.holds(name, bundle, pointed):
-            if all(before.get(e) == expected for e in ctx.endpoints):
-                log.info("%s: already installed and served: nothing to do", name)
-                return replace(done, action="unchanged")
+        installed_already = self.install_dir.holds(name, bundle, pointed)
+        if installed_already and all(before.get(e) == expected for e in ctx.endpoints):
+            log.info("%s: already installed and served: nothing to do", name)
+            return replace(done, action="unchanged")
+        self.dane_guard(name, bundle, ctx)
+        if installed_already:
             # Installed but not served (a missed reload, a killed run), or nothing to probe
             # by: reload only.
             if not self.postfix.reload():
@@ -338,6 +353,7 @@ class Deployer:
                 name, pointed, chain_files=ctx.state.uses_chain_files
             )
             bundle = self.verify(files, ctx)
+            self.dane_guard(name, bundle, ctx)
             before = self.served(ctx.endpoints)
             _, running = self._apply(switch, ctx, bundle.leaf_sha256, before)
             log.info("%s: rolled back", name)
@@ -350,6 +366,7 @@ class Deployer:
             log.warning("%s", note)
         snapshot, bundle = self.read_and_verify(name, ctx)
         name = snapshot.name
+        self.dane_guard(name, bundle, ctx)
         self.install_dir.check(create=False)
         if self.install_dir.holds(name, bundle, ctx.state.pointed_files()):
             plan = [f"{name}: version {snapshot.version} is already installed"]

@@ -22,6 +22,18 @@ class RefusedError(PftlsError):
         self.reason = reason
 
 
+class DaneRefusedError(RefusedError):
+    """The published TLSA records of a target reject the chain, or cannot be looked up.
+
+    `publish` holds the zone-file lines that would let it through (none for a lookup that
+    failed); the daemon retries until they are in DNS.
+    """
+
+    def __init__(self, file: str, reason: str, *, publish: tuple[str, ...] = ()) -> None:
+        super().__init__(file, reason)
+        self.publish = publish
+
+
 class NotSettledError(RefusedError):
     """certbot is still re-pointing the lineage's links (or left it half-updated)."""
 
@@ -31,6 +43,10 @@ class EnvironmentRefusedError(PftlsError):
 
     Raised before anything is changed.
     """
+
+
+class DaneLookupError(EnvironmentRefusedError):
+    """A TLSA lookup failed (timeout, SERVFAIL, no resolver): no answer, not "no records"."""
 
 
 class CommandError(PftlsError):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from pftls_hook import probe
+from pftls_hook import probe, tlsa
 from pftls_hook.daemon import state as watchstate
 from pftls_hook.deploy import Deployer
 from pftls_hook.errors import PftlsError, ProbeError, TlsBrokenError
@@ -74,6 +74,7 @@ class Report:
     master_cf_overrides: list[str]
     warnings: list[str]
     watch: watchstate.WatchState | None = field(default=None)
+    dane: tlsa.TlsaReport | None = field(default=None)  # None with --dane off
 
 
 def _live(deployer: Deployer, name: str, now: datetime) -> Seen:
@@ -133,11 +134,14 @@ def collect(deployer: Deployer) -> Report:
         master_cf_overrides=[str(o) for o in ctx.state.tls_overrides()],
         warnings=warnings,
         watch=watchstate.read(watchstate.state_file(deployer.settings)),
+        dane=tlsa.status(deployer, chosen),
     )
 
 
 def to_json(report: Report) -> str:
-    return json.dumps(asdict(report), indent=2)
+    data = asdict(report)
+    data["dane"] = tlsa.as_json(report.dane) if report.dane else None
+    return json.dumps(data, indent=2)
 
 
 def _cert_line(seen: Seen) -> str:
@@ -165,6 +169,7 @@ def render(report: Report) -> str:
         lines.append(f"main.cf {key} = {value}")
     lines.extend(report.master_cf_overrides)
     lines.extend(f"warning: {w}" for w in report.warnings)
+    lines.extend(tlsa.status_lines(report.dane))
     lines.extend(watchstate.render(report.watch))
     return "\n".join(lines)
 
@@ -182,8 +187,9 @@ def check(
     line with perfdata. CRITICAL: an endpoint serves a certificate other than the live one of
     the lineage that serves Postfix, or fails TLS, or the served certificate has fewer than
     `critical_days` left; WARNING: fewer than `warning_days`; UNKNOWN: it cannot tell (no
-    lineage, Postfix unreachable, nothing to probe)."""
-    state, text, perf = _verdict(report, warning_days, critical_days)
+    lineage, Postfix unreachable, nothing to probe). DANE (tlsa.worst) may raise it:
+    CRITICAL when no published record matches, WARNING while a renewal is held back."""
+    state, text, perf = tlsa.worst(_verdict(report, warning_days, critical_days), report.dane)
     # `|` starts the perfdata: keep it out of the text.
     line = f"PFTLS-HOOK {state}: {text.replace('|', '/')}"
     return state, f"{line} | {perf}" if perf else line
@@ -204,12 +210,17 @@ def _verdict(  # noqa: PLR0911 - one return per state, in order of precedence
     critical: list[str] = []
     unknown: list[str] = []
     days: list[int] = []
+    # A renewal DANE holds back: the installed certificate is the one to serve (tlsa.worst
+    # says WARNING, with the record to publish).
+    held = bool(report.dane and report.dane.held_back)
+    installed_sha = report.installed.cert.sha256 if report.installed.cert else ""
     for where, seen in report.served.items():
         if seen.cert is None:
             (critical if seen.tls_broken else unknown).append(seen.error)
             continue
         days.append(seen.cert.days_left)
-        if seen.cert.sha256 != live.sha256:
+        excused = held and seen.cert.sha256 == installed_sha
+        if seen.cert.sha256 != live.sha256 and not excused:
             critical.append(
                 f"{where} serves sha256 {seen.cert.sha256[:16]}, not the live certificate of "
                 f"{name} (sha256 {live.sha256[:16]})"

@@ -526,6 +526,7 @@ def test_real_certbot_renewal_with_hook_and_daemon(
         "--ca-file", str(tmp_path / "ca.pem"),
         "--lock-file", str(tmp_path / "run" / "deploy.lock"),
         "--debounce", str(DEBOUNCE),
+        "--dane", "off",
     ]  # fmt: skip
     daemon = WatchProcess(options, world.env(), tmp_path / "daemon.log", tmp_path).start()
     try:

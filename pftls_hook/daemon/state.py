@@ -42,6 +42,7 @@ class LastFailure:
     error: str
     at: str
     retry_at: str
+    waiting_for_dns: list[str] = field(default_factory=list)  # TLSA records to publish
 
 
 @dataclass
@@ -126,4 +127,5 @@ def render(state: WatchState | None) -> list[str]:
         lines.append(
             f"  last failure: {failure.error} at {failure.at}, retry at {failure.retry_at}"
         )
+        lines.extend(f"  waiting for DNS: {r}" for r in failure.waiting_for_dns)
     return lines

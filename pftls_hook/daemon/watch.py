@@ -65,13 +65,16 @@ from pftls_hook.config import Settings
 from pftls_hook.daemon import state as watchstate
 from pftls_hook.daemon.notify import Notifier
 from pftls_hook.deploy import Deployer, Outcome
-from pftls_hook.errors import NotSettledError, PftlsError, RefusedError
+from pftls_hook.errors import DaneRefusedError, NotSettledError, PftlsError, RefusedError
 from pftls_hook.lineage import list_lineages, read_lineage
 
 log = logging.getLogger("pftls-hook")
 
 FIRST_RETRY = 5.0  # a failed deploy is retried after 5 s, 10 s, 20 s, ... up to MAX_RETRY
 MAX_RETRY = 600.0
+# A DANE refusal waits for the admin's DNS change, not for a fault to clear: look again
+# often enough that the renewal follows the published record within minutes.
+DANE_MAX_RETRY = 300.0
 SETTLE_POLL = 0.25  # first re-check of an unsettled lineage; doubles up to MAX_RETRY
 MISSING_DIR_CHECK = 60.0  # while the live dir does not exist, look for it this often
 # The deploy hook holding the lock is deploying the same renewal: waiting long for it gains
@@ -434,6 +437,9 @@ class Daemon:
             log.info("%s", exc)
             self._wake_at = now + self.settings.debounce
             return
+        except DaneRefusedError as exc:
+            self._failed(exc.file, str(exc), now, cap=DANE_MAX_RETRY, publish=exc.publish)
+            return
         except (PftlsError, OSError) as exc:
             self._failed(self._serving or "", str(exc), now)
             return
@@ -455,14 +461,25 @@ class Daemon:
         self._state.serving = outcome.lineage
         self._report(phase="idle", status=f"{outcome} at {_iso()}")
 
-    def _failed(self, lineage: str, error: str, now: float) -> None:
-        delay = self._backoff
-        self._backoff = min(self._backoff * 2, MAX_RETRY)
+    def _failed(
+        self,
+        lineage: str,
+        error: str,
+        now: float,
+        *,
+        cap: float = MAX_RETRY,
+        publish: tuple[str, ...] = (),
+    ) -> None:
+        delay = min(self._backoff, cap)
+        self._backoff = min(self._backoff * 2, cap)
         self._retry_at = now + delay
         self._wake_at = self._retry_at
         log.error("%s; retrying in %g s", error, delay)
-        self._state.last_failure = watchstate.LastFailure(lineage, error, _iso(), _iso(delay))
-        self._report(phase="failing", status=f"failed: {error} (retry in {delay:g} s)")
+        self._state.last_failure = watchstate.LastFailure(
+            lineage, error, _iso(), _iso(delay), list(publish)
+        )
+        waiting = f"; waiting for DNS: {'; '.join(publish)}" if publish else ""
+        self._report(phase="failing", status=f"failed: {error} (retry in {delay:g} s){waiting}")
 
     def _idle(self, status: str) -> None:
         """Nothing can be deployed now; an event or the next reconcile will look again."""

@@ -64,6 +64,8 @@ _FLAGS = (
     ("probe_timeout", "--probe-timeout"),
     ("layout", "--layout"),
     ("min_days", "--min-days"),
+    ("dane", "--dane"),
+    ("dns_resolvers", "--dns-resolver"),
 )
 # Deploy settings that only the config file or the environment can give: certbot runs the
 # hook without our environment, so these must live in the file.
