@@ -172,6 +172,16 @@ def test_sigkill_at_any_moment_leaves_a_working_pair(tool: Tool, inter: CA) -> N
             survived=survived,
             after_switch=after_switch,
             temps_recovered=left_temps,
+            table={
+                "columns": ["phase (opened by the log line)", "median length", "aimed", "landed"],
+                "rows": [
+                    *(
+                        [p.name, f"{lengths[p.name] * 1000:.1f} ms", aimed[p.name], found[p.name]]
+                        for p in PHASES
+                    ),
+                    [DONE, "", "", found[DONE]],
+                ],
+            },
         )
     assert survived == RUNS
     assert after_switch >= MIN_AFTER_SWITCH, f"only {after_switch} kills after the switch"
