@@ -144,8 +144,9 @@ def _require_only_pem(data: bytes, file: str) -> None:
 
 
 def _readable(cert: x509.Certificate, file: str, position: int) -> x509.Certificate:
-    """A certificate whose extensions and public key cryptography can read: both are parsed
-    lazily, and a duplicated extension or an unknown key algorithm raises only on access."""
+    """A certificate whose extensions, public key and names cryptography can read: all are
+    parsed lazily, and a duplicated extension, an unknown key algorithm or a malformed
+    issuer name raises only on access."""
     which = f"certificate {position}"
     try:
         cert.extensions  # noqa: B018 - parsed here so that a bad extension is a refusal
@@ -155,6 +156,10 @@ def _readable(cert: x509.Certificate, file: str, position: int) -> x509.Certific
         cert.public_key()
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise RefusedError(file, f"{which} has an unsupported public key: {exc}") from None
+    try:
+        cert.subject, cert.issuer  # noqa: B018 - parsed lazily too: a bad name raises on use
+    except ValueError as exc:
+        raise RefusedError(file, f"{which} has a malformed name: {exc}") from None
     return cert
 
 

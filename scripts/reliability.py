@@ -43,7 +43,7 @@ COMMAND_TIMEOUT = 30.0
 # pytest's per-test temp dirs, shortened in the details: they change with every run.
 _TEMP_DIR = re.compile(r"/tmp/pytest-of-[^/\s]+/pytest-[0-9]+/[^/\s]+")  # noqa: S108 - a pattern
 # Keys of a figure file that are not extra numbers.
-_SHOWN = {"case", "title", "figure", "details", "findings"}
+_SHOWN = {"case", "title", "figure", "details", "findings", "table"}
 
 
 def _output(argv: Sequence[str]) -> str:
@@ -145,6 +145,16 @@ def _value(value: Any) -> str:
     return str(value)
 
 
+def table(spec: dict[str, Any]) -> list[str]:
+    """A figure's `table` ({"columns": [...], "rows": [[...], ...]}) as a Markdown table."""
+    columns, rows = spec.get("columns") or [], spec.get("rows") or []
+    if not columns:
+        return []
+    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return [*lines, ""]
+
+
 def section(name: str, figure: dict[str, Any] | None, seconds: float | None) -> list[str]:
     title = figure.get("title", CASES[name]) if figure else CASES[name]
     lines = [f"## {title} (`{name}`)", ""]
@@ -152,6 +162,7 @@ def section(name: str, figure: dict[str, Any] | None, seconds: float | None) -> 
         return [*lines, "**not run**: no figure was written for this case.", ""]
     took = f" ({seconds:.0f} s)" if seconds is not None else ""
     lines += [f"**{figure.get('figure', 'no figure')}**{took}", ""]
+    lines += table(figure.get("table") or {})
     numbers = {k: v for k, v in figure.items() if k not in _SHOWN}
     lines += [f"- {key}: {_value(value)}" for key, value in numbers.items()]
     if numbers:

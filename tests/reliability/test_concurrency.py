@@ -10,12 +10,17 @@ lock. Required after every round:
 - Postfix serves the certificate of the newest version, and the install dir's current file
   holds it (no lost update: no older snapshot deployed after a newer one);
 - the daemon is still alive.
+Every command's outcome is read from the product's real log lines (phases.py's markers,
+`nothing to do`, `skipped`): one that matches none fails the test rather than being
+counted as "other". At the end, Postfix's own log must show at least one reload per round
+and no more reloads than the commands and the daemon logged proofs after a reload.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import threading
 import time
@@ -30,6 +35,7 @@ import pytest
 from pftls_hook.config import Settings
 from pftls_hook.deploy import Deployer
 from pftls_hook.errors import RefusedError
+from tests.reliability.phases import markers_in
 from tests.support import lineage as fake
 from tests.support.daemon import NotifySocket, WatchProcess
 from tests.support.deployed import (
@@ -43,6 +49,7 @@ from tests.support.deployed import (
 )
 from tests.support.figures import record
 from tests.support.installed import stale_temps
+from tests.support.net import wait_until
 from tests.support.pki import CA, Leaf
 from tests.support.tool import NAME, Tool
 
@@ -50,13 +57,27 @@ ROUNDS = 50
 COMMAND_TIMEOUT = 60.0  # a bound for each command; the lock timeout is 120 s
 DEBOUNCE = "0.2"
 SEED = 20261126  # fixed: a failure can be replayed
-# What a command's last stderr line says it did.
-ACTIONS = (
-    ("deployed;", "deployed"),
-    ("nothing to do", "no-op"),
-    ("reloaded", "reloaded"),
-    ("skipped", "skipped"),
-)
+# Postfix's master logs this on every `postfix reload` it carries out.
+POSTFIX_RELOAD = re.compile(r"postfix/master\[\d+\]: reload -- version ", re.M)
+MAILLOG_WAIT = 10.0  # postlogd writes the maillog asynchronously
+
+
+def action(stderr: str) -> str:
+    """What a command did, from the lines pftls-hook writes (deploy.py, cli.py)."""
+    seen = markers_in(stderr)
+    if "switched" in seen and "deployed" in seen:
+        return "deployed"
+    if "proven" in seen:
+        return "reloaded (installed, not yet served)"
+    if "nothing to do" in stderr:
+        return "no-op"
+    if ": skipped" in stderr:
+        return "skipped"
+    return "other"
+
+
+def postfix_reloads(tool: Tool, since: int) -> int:
+    return len(POSTFIX_RELOAD.findall(tool.postfix.log_text()[since:]))
 
 
 @dataclass(frozen=True)
@@ -68,7 +89,12 @@ class Finished:
 
     @property
     def action(self) -> str:
-        return next((a for marker, a in ACTIONS if marker in self.stderr), "other")
+        return action(self.stderr)
+
+
+def proofs(log: str) -> int:
+    """Reloads pftls-hook proved: each reload is followed by the probe's `proven` line."""
+    return markers_in(log).count("proven")
 
 
 def run_timed(tool: Tool, actor: str, *args: str, env: Mapping[str, str] | None = None) -> Finished:
@@ -109,6 +135,7 @@ def test_hook_daemon_and_installs_race_to_the_newest(
     tool.lineage(leaf)
     first_deploy(tool)
     daemon: WatchProcess = request.getfixturevalue("daemon")
+    maillog_start = len(tool.postfix.log_text())  # the daemon is ready: count from here
     hook_env = {"RENEWED_LINEAGE": str(tool.live_dir / NAME), "RENEWED_DOMAINS": NAME}
     rng = random.Random(SEED)  # noqa: S311 - timing, not cryptography
     finished: list[Finished] = []
@@ -130,6 +157,7 @@ def test_hook_daemon_and_installs_race_to_the_newest(
                 finished += done
                 for f in done:
                     assert f.returncode == 0, f"{f.actor}: exit {f.returncode}\n{f.stderr}"
+                    assert f.action != "other", f"{f.actor}: no known outcome\n{f.stderr}"
                 wait_serves(tool, leaf)
                 assert current(tool).read_bytes() == combined(leaf), "an older version won"
                 assert daemon.alive(), daemon.output_text()
@@ -138,10 +166,21 @@ def test_hook_daemon_and_installs_race_to_the_newest(
         code, stopped_in = daemon.stop()
         assert code == 0, daemon.output_text()
         assert "Traceback" not in daemon.output_text()
+        wait_until(
+            lambda: postfix_reloads(tool, maillog_start) >= ROUNDS,
+            timeout=MAILLOG_WAIT,
+            what=f"{ROUNDS} reloads in Postfix's log",
+        )
+        reloads = postfix_reloads(tool, maillog_start)
+        logged = proofs(daemon.output_text()) + sum(proofs(f.stderr) for f in finished)
+        assert ROUNDS <= reloads <= logged, f"Postfix reloaded {reloads} times; {logged} logged"
     finally:
         actions = Counter(f"{f.actor}: {f.action}" for f in finished)
         slowest = max(finished, key=lambda f: f.seconds, default=Finished("-", 0, 0.0, ""))
         log = daemon.output_text()
+        reloads = postfix_reloads(tool, maillog_start)
+        daemon_proofs = proofs(log)
+        logged = daemon_proofs + sum(proofs(f.stderr) for f in finished)
         record(
             "concurrency",
             title="Concurrency: deploy hook, daemon and manual installs racing",
@@ -155,9 +194,12 @@ def test_hook_daemon_and_installs_race_to_the_newest(
                 f"bound {COMMAND_TIMEOUT:g} s each, "
                 f"slowest {slowest.seconds:.2f} s ({slowest.actor})",
                 *(f"{what}: {n}" for what, n in sorted(actions.items())),
-                f"daemon: {log.count('deployed;')} deploys, "
-                f"{log.count('nothing to do')} no-ops, alive through every round, "
-                f"stopped by SIGTERM in {stopped_in:.2f} s",
+                f"daemon: {markers_in(log).count('deployed')} deploys, "
+                f"{log.count('nothing to do')} no-ops, {daemon_proofs} reloads proven, alive "
+                f"through every round, stopped by SIGTERM in {stopped_in:.2f} s",
+                f"Postfix's log: {reloads} reloads carried out by its master; the commands and "
+                f"the daemon logged {logged} reloads proven by the probe (SIGHUPs that arrive "
+                "together are carried out once)",
                 f"{time.monotonic() - started:.0f} s for {ROUNDS} rounds",
             ],
             findings=[
@@ -167,6 +209,8 @@ def test_hook_daemon_and_installs_race_to_the_newest(
             ],
             rounds=rounds,
             commands=len(finished),
+            postfix_reloads=reloads,
+            reloads_logged=logged,
             max_command_seconds=round(slowest.seconds, 3),
         )
     assert rounds == ROUNDS

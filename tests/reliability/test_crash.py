@@ -1,10 +1,14 @@
-"""Case 1, crash consistency: `pftls-hook install` SIGKILLed at a random moment.
+"""Case 1, crash consistency: `pftls-hook install` SIGKILLed at a chosen moment.
 
-The lineage flips between two valid versions A and B, and each install is killed after a
-delay drawn uniformly over the measured duration of a whole install, so kills land in every
-phase (reading, verifying, writing, switching, reloading, probing). A SIGKILL runs no
-cleanup: only the order of the steps can protect Postfix. After each kill, judged from
-outside (tests/support/installed.py):
+The lineage flips between two valid versions A and B, and each install is killed in one of
+the deploy's phases (tests/reliability/phases.py), taken in turn: before verification ends
+(Python start-up included), verified but not switched, switched (main.cf, reload, proof),
+proven (pruning), and after the last line. A few calibration installs first measure how long
+each phase lasts, from the times their real log lines arrive; a kill aimed at a phase waits
+for the line that opens it, then a delay drawn uniformly over that phase's median length.
+Where a kill really landed is read from what the killed process had logged, and published
+next to where it was aimed. A SIGKILL runs no cleanup: only the order of the steps can
+protect Postfix. After each kill, judged from outside (tests/support/installed.py):
 - main.cf names files that exist and hold one key and the certificate for it;
 - `postfix check` passes;
 - after our own reload Postfix serves that certificate, one of A and B, and the chain it
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import statistics
 import time
 from collections import Counter
@@ -25,6 +30,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.reliability.phases import (
+    DONE,
+    MARKERS,
+    PHASES,
+    SWITCHED,
+    Phase,
+    Timeline,
+    landed,
+    markers_in,
+)
 from tests.support import lineage as fake
 from tests.support.deployed import (
     LOOPBACK,
@@ -41,42 +56,56 @@ from tests.support.pki import CA
 from tests.support.postfix import wait_for_served_sha256
 from tests.support.tool import NAME, Tool, assert_exit
 
-RUNS = 200
+RUNS = 150  # 30 per phase
+CALIBRATION_RUNS = 6
+MIN_AFTER_SWITCH = 20  # kills that must land with the new files already switched in
 SEED = 20261125  # fixed: a failure can be replayed
 KILL_WAIT = 10.0
 # A lock left held would make the next install wait for it; fail fast instead.
 NEXT_RUN_ENV = {"PFTLS_HOOK_LOCK_TIMEOUT": "5"}
-# What the killed run had logged (stderr), latest first: where the kill landed.
-PHASES = (
-    ("deployed;", "killed after logging the deploy, before exiting"),
-    ("probe:", "killed after the proof, before pruning"),
-    ("installed ", "killed with the files switched, before or during reload and proof"),
-    ("verified", "killed after verifying, before the switch"),
-)
 
 
-def phase(stderr: str) -> str:
-    return next(
-        (name for marker, name in PHASES if marker in stderr),
-        "killed before the lineage was verified",
-    )
+def assert_markers_in_order(stderr: str) -> list[str]:
+    """Each marker at most once, in the deploy's order, every required one present."""
+    seen = markers_in(stderr)
+    assert seen == [m.key for m in MARKERS if m.key in seen], f"out of order: {seen}\n{stderr}"
+    missing = [m.key for m in MARKERS if m.required and m.key not in seen]
+    assert not missing, f"no {missing} line in a deploy's log:\n{stderr}"
+    return seen
 
 
-def measure_install(tool: Tool, versions: tuple[int, int], rounds: int = 5) -> float:
-    """Median wall time of an install that switches versions."""
-    times = []
-    for i in range(rounds):
+def calibrate(tool: Tool, versions: tuple[int, int]) -> dict[str, float]:
+    """The median length of each phase, in seconds, over installs that switch versions."""
+    lengths: dict[str, list[float]] = {p.name: [] for p in PHASES}
+    for i in range(CALIBRATION_RUNS):
         fake.point_links(tool.config_dir, NAME, versions[i % 2])
-        started = time.monotonic()
-        assert_exit(tool.run("install"), 0)
-        times.append(time.monotonic() - started)
-    return statistics.median(times)
+        timeline = Timeline(start(tool, "install"), time.monotonic())
+        stderr = timeline.finish(KILL_WAIT * 6)
+        assert timeline.proc.returncode == 0, stderr
+        assert_markers_in_order(stderr)
+        assert timeline.ended_at is not None
+        # Every phase is opened by a required marker (or the start): all present here.
+        bounds = [timeline.at[p.opened_by] if p.opened_by else 0.0 for p in PHASES]
+        ends = [*bounds[1:], timeline.ended_at]
+        for phase, begin, end in zip(PHASES, bounds, ends, strict=True):
+            lengths[phase.name].append(end - begin)
+    return {name: statistics.median(times) for name, times in lengths.items()}
+
+
+def kill_in(tool: Tool, aim: Phase, length: float, rng: random.Random) -> tuple[int, str]:
+    """Start an install, kill it in `aim` (if it gets there); its exit code and stderr."""
+    timeline = Timeline(start(tool, "install"), time.monotonic())
+    if aim.opened_by is None or timeline.wait_for(aim.opened_by, KILL_WAIT):
+        time.sleep(rng.uniform(0, length))
+    timeline.proc.kill()
+    stderr = timeline.finish(KILL_WAIT)
+    return timeline.proc.returncode, stderr
 
 
 def check_after_kill(tool: Tool, known: dict[str, str]) -> None:
     pair = pointed_pair(tool.postfix)  # files exist, one key, the leaf is the key's
     assert pair.leaf_sha256 in known, f"main.cf points at an unknown certificate {pair.files}"
-    # `postfix check` (0.2 s of shell) alongside the reload: two readers, and 200 runs.
+    # `postfix check` (0.2 s of shell) alongside the reload: two readers, and 150 runs.
     with ThreadPoolExecutor(max_workers=1) as pool:
         checked = pool.submit(tool.postfix.check)
         tool.postfix.reload()
@@ -93,19 +122,26 @@ def test_sigkill_at_any_moment_leaves_a_working_pair(tool: Tool, inter: CA) -> N
     tool.lineage(leaves[1], 1)
     tool.lineage(leaves[2], 2)
     first_deploy(tool)
-    duration = measure_install(tool, (1, 2))
+    lengths = calibrate(tool, (1, 2))
     rng = random.Random(SEED)  # noqa: S311 - kill timing, not cryptography
-    phases: Counter[str] = Counter()
-    survived, version, left_temps, started = 0, 2, 0, time.monotonic()
+    aimed: Counter[str] = Counter()
+    found: Counter[str] = Counter()
+    survived, after_switch, version, left_temps = 0, 0, 2, 0
+    started = time.monotonic()
     try:
-        for _ in range(RUNS):
+        for run in range(RUNS):
             version = 3 - version
             fake.point_links(tool.config_dir, NAME, version)
-            proc = start(tool, "install")
-            time.sleep(rng.uniform(0, duration))
-            proc.kill()
-            _, stderr = proc.communicate(timeout=KILL_WAIT)
-            phases["done before the kill" if proc.returncode == 0 else phase(stderr)] += 1
+            aim = PHASES[run % len(PHASES)]
+            aimed[aim.name] += 1
+            code, stderr = kill_in(tool, aim, lengths[aim.name], rng)
+            assert code in (0, -signal.SIGKILL), f"the install failed on its own:\n{stderr}"
+            if code == 0:
+                found[DONE] += 1
+            else:
+                where = landed(stderr)
+                found[where.name] += 1
+                after_switch += PHASES.index(where) >= SWITCHED
 
             check_after_kill(tool, known)
             left_temps += len(stale_temps(tool.install_dir))
@@ -117,33 +153,64 @@ def test_sigkill_at_any_moment_leaves_a_working_pair(tool: Tool, inter: CA) -> N
         elapsed = time.monotonic() - started
         record(
             "crash",
-            title="Crash consistency: install SIGKILLed at a random moment",
-            figure=f"{survived}/{RUNS} kills survived",
+            title="Crash consistency: install SIGKILLed in every phase of a deploy",
+            figure=f"{survived}/{RUNS} kills survived, {after_switch} of them after the switch",
             details=[
-                f"install switching between two valid versions, killed after a delay uniform "
-                f"over 0-{duration:.2f} s (the measured median install time)",
+                "install switching between two valid versions; each kill aimed at one phase "
+                "in turn: it waits for the log line that opens the phase, then a delay uniform "
+                "over the phase's median length (measured from the real log lines in "
+                f"{CALIBRATION_RUNS} calibration installs); where it landed is read from what "
+                "the killed process had logged",
                 "after each kill: main.cf names existing files whose key matches the "
                 "certificate; postfix check passes; after a reload Postfix serves that "
                 "certificate, one of the two, with a chain that verifies; the next install "
                 "exits 0 with no temp file left and the lock free",
-                *(f"{name}: {count}" for name, count in sorted(phases.items())),
                 f"temp files a kill left behind, removed by the next install: {left_temps}",
                 f"{elapsed:.0f} s for {RUNS} runs",
             ],
             runs=RUNS,
             survived=survived,
-            install_seconds=round(duration, 3),
-            phases=dict(phases),
+            after_switch=after_switch,
             temps_recovered=left_temps,
+            table={
+                "columns": ["phase (opened by the log line)", "median length", "aimed", "landed"],
+                "rows": [
+                    *(
+                        [p.name, f"{lengths[p.name] * 1000:.1f} ms", aimed[p.name], found[p.name]]
+                        for p in PHASES
+                    ),
+                    [DONE, "", "", found[DONE]],
+                ],
+            },
         )
     assert survived == RUNS
+    assert after_switch >= MIN_AFTER_SWITCH, f"only {after_switch} kills after the switch"
+
+
+@pytest.mark.slow
+def test_a_real_deploy_writes_every_phase_marker_in_order(tool: Tool, inter: CA) -> None:
+    """The markers are the product's real log lines: three installs on a private Postfix
+    (the first points main.cf at the install dir, the third prunes the first version) write
+    each of them, in the deploy's order, and nothing unprefixed."""
+    seen: set[str] = set()
+    for version in (1, 2, 3):
+        tool.lineage(inter.issue(NAME), version)
+        result = tool.run("install")
+        assert_exit(result, 0)
+        seen.update(assert_markers_in_order(result.stderr))
+    assert seen == {m.key for m in MARKERS}, f"never logged: {set(m.key for m in MARKERS) - seen}"
 
 
 def test_phase_names_the_last_step_logged() -> None:
-    verified = "pftls-hook: x: version 2 verified, leaf …\n"
-    assert phase(verified) == "killed after verifying, before the switch"
-    assert phase(verified + "pftls-hook: x: installed /a, /b\n").startswith("killed with the files")
-    assert phase("") == "killed before the lineage was verified"
+    verified = "pftls-hook: x: version 2 verified, leaf 0123456789abcdef…, expires 2027-01-01\n"
+    switched = "pftls-hook: switched in /etc/postfix/tls/x.pem\n"
+    proven = "pftls-hook: probe: 127.0.0.1:25 serve the new certificate\n"
+    assert landed("") is PHASES[0]
+    assert landed("pftls-hook: x: a warning\n" + verified) is PHASES[1]
+    assert landed(verified + switched) is PHASES[SWITCHED]
+    assert landed(verified + switched + proven) is PHASES[SWITCHED + 1]
+    # A line that only mentions a marker's words is not that marker.
+    assert landed(verified + "pftls-hook: deploy failed: switched in part\n") is PHASES[1]
 
 
 def test_next_install_recovers_what_a_kill_mid_write_leaves(tool: Tool, inter: CA) -> None:

@@ -1,11 +1,15 @@
 """Case 5 of issue 5: fuzzing the parsers and the verification entry point with hypothesis.
 
 The property everywhere: nothing but the documented outcome. A parser returns its value or
-raises `RefusedError`; `read_lineage` returns a snapshot of one archive version or raises
-`RefusedError`/`NotSettledError`, promptly; `verify_bundle` returns a `VerifiedBundle` or
-raises `RefusedError`, and what it accepts from a mutated bundle is still the original
-leaf with its own key. Any other exception (ValueError, DuplicateExtension,
-UnsupportedAlgorithm, ...) would reach the CLI as an internal error: a failure here.
+raises `RefusedError`, and what it accepts meets its contract (only certificate blocks,
+every one parsed; one key of a type a server signs with, RSA of 2048 bits or more);
+`split_pem` gives an installed file back as the lineage's files, and what it makes of a
+damaged one verifies as the original or is refused; `read_lineage` returns a snapshot of
+one archive version or raises `RefusedError`/`NotSettledError`, promptly; `verify_bundle`
+returns a `VerifiedBundle` or raises `RefusedError`, and what it accepts from a mutated
+bundle is still the original leaf with its own key. Any other exception (ValueError,
+DuplicateExtension, UnsupportedAlgorithm, ...) would reach the CLI as an internal error:
+a failure here.
 
 Bounded for CI: a fixed number of examples per target, no per-example deadline (the first
 call pays for imports), derandomized so that CI runs are repeatable; about 30 s in all.
@@ -24,7 +28,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x25519
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,7 +48,7 @@ from pftls_hook.verify import (
 )
 from tests.support import lineage as fake
 from tests.support import tamper
-from tests.support.pki import CA, Leaf
+from tests.support.pki import CA, Leaf, key_to_pem, make_key
 from tests.support.scorecard import Scorecard
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -50,6 +57,7 @@ NAME = HOST
 KINDS = ("cert", "chain", "fullchain", "privkey")
 # Examples per target: about 30 s in all on a CI machine.
 PARSER_EXAMPLES, VERIFY_EXAMPLES, LINEAGE_EXAMPLES = 2000, 3000, 800
+SPLIT_EXAMPLES = 1000  # each one verifies what it split, as a rollback does
 # A read that takes longer than this would be a hang in certbot's hook.
 READ_BOUND = 2.0
 
@@ -74,6 +82,9 @@ FINDINGS = (
     "verifier: now `cert.pem: subjectAltName ... is not a valid host name`",
     "links of one lineage into two archive dirs (fullchain.pem from another lineage, all on "
     "version 1) were read as one version: now `links lead into different archive directories`",
+    "a bit flip in a certificate's issuer name (invalid UTF-8 in a UTF8String) raised "
+    "ValueError from `issuer` while checking the chain order, found splitting a damaged "
+    "installed file for rollback: now `certificate 1 has a malformed name`",
 )
 
 
@@ -106,6 +117,18 @@ ODD = (
     LOWER.issue(HOST, is_ca=True, **LEAF_VALIDITY),
     Leaf.self_signed(HOST, **LEAF_VALIDITY),
 )
+# Keys a TLS server must not be given (DSA, RSA under 2048 bits, X25519 cannot sign), and
+# one it may (Ed25519): without them the key checks below would have nothing to catch.
+ODD_KEYS = (
+    key_to_pem(make_key("dsa", 1024)),
+    key_to_pem(make_key("rsa", 1024)),
+    x25519.X25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ),
+    key_to_pem(make_key("ed25519")),
+)
 # Every PEM block at hand: certificates of both chains, the keys, a root, the odd ones.
 REAL_BLOCKS = sorted(
     {
@@ -114,7 +137,7 @@ REAL_BLOCKS = sorted(
         for data in (leaf.fullchain_pem, leaf.key_pem(), leaf.key_pem(traditional=True))
         for block in BLOCK.findall(data)
     }
-    | {ROOT.cert_pem}
+    | {ROOT.cert_pem, *ODD_KEYS}
 )
 LABELS = (
     b"CERTIFICATE", b"PRIVATE KEY", b"EC PRIVATE KEY", b"RSA PRIVATE KEY",
@@ -153,6 +176,21 @@ def _flip(data: bytes, draw: st.DrawFn) -> bytes:
         return data
     at = draw(st.integers(0, len(data) - 1))
     return data[:at] + bytes([data[at] ^ (1 << draw(st.integers(0, 7)))]) + data[at + 1 :]
+
+
+@st.composite
+def damage(draw: st.DrawFn, data: bytes) -> bytes:
+    """`data` with one to three bit flips, cuts or splices of random bytes."""
+    for _ in range(draw(st.integers(1, 3))):
+        how = draw(st.sampled_from(["flip", "truncate", "splice"]))
+        if how == "flip":
+            data = _flip(data, draw)
+        elif how == "truncate":
+            data = data[: draw(st.integers(0, len(data)))]
+        else:
+            at = draw(st.integers(0, len(data)))
+            data = data[:at] + draw(st.binary(min_size=1, max_size=16)) + data[at:]
+    return data
 
 
 @st.composite
@@ -207,15 +245,62 @@ def fuzzed(card: Scorecard, target: str, test: Callable[[], None]) -> None:
         notes.append(f"{card.counts[target]} examples")
 
 
-def refused_or(kind: type, call: Callable[[], object]) -> object:
+def refused_or(kind: type | tuple[type, ...], call: Callable[[], object]) -> object:
     """`call()` returns a `kind` or raises RefusedError; anything else fails the test."""
     try:
         value = call()
     except RefusedError as exc:
         assert "\n" not in str(exc), f"a refusal of more than one line: {exc!r}"
         return exc
-    assert isinstance(value, kind), f"{type(value).__name__}, not {kind.__name__}"
+    assert isinstance(value, kind), f"{type(value).__name__}, not {kind}"
     return value
+
+
+# Keys a TLS server can sign with (verify.py's contract, restated here independently).
+SERVER_KEYS = (
+    ec.EllipticCurvePrivateKey,
+    rsa.RSAPrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+)
+
+
+def public_der(key: PrivateKeyTypes) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def accepted_key(data: bytes) -> None:
+    """What parse_private_key may accept: one private key block and nothing else, of a type
+    a server signs with, RSA of 2048 bits or more."""
+    key = refused_or(SERVER_KEYS, lambda: parse_private_key(data, "privkey.pem"))
+    if isinstance(key, RefusedError):
+        return
+    assert data.count(b"-----BEGIN ") == 1, "a key accepted next to another block"
+    assert b"PRIVATE KEY-----" in data
+    if isinstance(key, rsa.RSAPrivateKey):
+        assert key.key_size >= 2048, f"a {key.key_size}-bit RSA key accepted"
+
+
+def accepted_certificates(data: bytes) -> None:
+    """What parse_certificates may accept: only CERTIFICATE blocks, every one of them
+    parsed (none dropped), no private key anywhere in the file."""
+    certs = refused_or(list, lambda: parse_certificates(data, "cert.pem"))
+    if isinstance(certs, RefusedError):
+        return
+    assert b"PRIVATE KEY" not in data, "a certificate file with a private key accepted"
+    assert len(certs) == data.count(b"-----BEGIN CERTIFICATE-----") == data.count(b"-----BEGIN ")
+    assert all(isinstance(c, x509.Certificate) for c in certs)
+
+
+def accepted_anchors(data: bytes) -> None:
+    """load_anchors: at least one certificate, never more than the file has blocks."""
+    anchors = refused_or(tuple, lambda: load_anchors(data, "ca.pem"))
+    if isinstance(anchors, RefusedError):
+        return
+    assert 0 < len(anchors) <= data.count(b"-----BEGIN CERTIFICATE-----")
+    assert all(isinstance(c, x509.Certificate) for c in anchors)
 
 
 # -------------------------------------------------------------------------------- PEM
@@ -226,20 +311,56 @@ def test_pem_parsers(card: Scorecard) -> None:
     @given(PEMISH)
     def parsers(data: bytes) -> None:
         card.counts["pem parsers"] += 1
-        refused_or(list, lambda: parse_certificates(data, "cert.pem"))
-        refused_or(object, lambda: parse_private_key(data, "privkey.pem"))
-        refused_or(tuple, lambda: load_anchors(data, "ca.pem"))
+        accepted_certificates(data)
+        accepted_key(data)
+        accepted_anchors(data)
 
     fuzzed(card, "pem parsers", parsers)
 
 
-def test_split_pem_never_raises(card: Scorecard) -> None:
-    # Rollback re-reads installed files with it: it must hand back something to verify.
-    @fuzz(PARSER_EXAMPLES)
-    @given(PEMISH, PEMISH)
-    def split(key_data: bytes, cert_data: bytes) -> None:
+def test_the_odd_keys_are_refused() -> None:
+    """The pool's odd keys are refused as such, so the fuzzing above meets real refusals."""
+    reasons = ("DSA keys are not accepted", "1024 bits is too weak", "cannot sign for a TLS")
+    for key, reason in zip(ODD_KEYS, reasons, strict=False):
+        with pytest.raises(RefusedError, match=reason):
+            parse_private_key(key, "privkey.pem")
+    assert isinstance(parse_private_key(ODD_KEYS[-1], "privkey.pem"), ed25519.Ed25519PrivateKey)
+
+
+def test_a_certificate_with_a_malformed_issuer_name_is_refused() -> None:
+    """What the split_pem target found: cryptography parses names lazily too."""
+    der = LEAVES[0].cert_der
+    at = der.index(b"fuzz lower")  # the issuer's CN: the issuer comes before the subject
+    bent = der[:at] + b"f\x85zz lower" + der[at + len(b"fuzz lower") :]
+    pem = x509.load_der_x509_certificate(bent).public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(RefusedError, match="certificate 1 has a malformed name"):
+        parse_certificates(pem, "cert.pem")
+
+
+def test_split_pem_gives_back_what_verifies(card: Scorecard) -> None:
+    """Rollback re-reads installed files with split_pem and verifies what it gets. An
+    installed file as written (combined: key then full chain; separate: key, full chain)
+    splits into the lineage's files byte for byte; a damaged one splits into something
+    verify_bundle refuses, or into the very leaf and key it was."""
+    for leaf in LEAVES:
+        key, chain = leaf.key_pem(), leaf.fullchain_pem
+        assert split_pem(key, chain) == files_of(leaf)
+        assert split_pem(key + chain, key + chain) == files_of(leaf)
+
+    @fuzz(SPLIT_EXAMPLES)
+    @given(st.sampled_from(LEAVES), st.booleans(), st.data())
+    def split(leaf: Leaf, one_file: bool, data: st.DataObject) -> None:
         card.counts["split_pem"] += 1
-        assert isinstance(split_pem(key_data, cert_data), SourceFiles)
+        key, chain = leaf.key_pem(), leaf.fullchain_pem
+        damaged = data.draw(damage(key + chain if one_file else chain))
+        files = split_pem(damaged, damaged) if one_file else split_pem(key, damaged)
+        outcome = refused_or(
+            VerifiedBundle,
+            lambda: verify_bundle(files, anchors=[ROOT.cert], hostnames=(HOST,), now=NOW),
+        )
+        if isinstance(outcome, VerifiedBundle):
+            assert outcome.leaf == leaf.cert
+            assert public_der(parse_private_key(outcome.key_pem, "k")) == public_der(leaf.key)
 
     fuzzed(card, "split_pem", split)
 

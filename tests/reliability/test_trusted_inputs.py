@@ -4,8 +4,8 @@
   elsewhere (real CLI, real Postfix: refused with exit 3 and nothing changed);
 - the config file decides what root deploys: owned by root, not writable by group or others,
   else exit 2 before anything runs;
-- the install dir: refused when a symlink or group-writable, in
-  tests/test_deploy.py::test_unsafe_install_dir_is_refused (referenced, not repeated);
+- the install dir, where the key goes: refused when a symlink, group-writable or not owned
+  by root (exit 6, nothing written in it, main.cf unchanged);
 - every subprocess: an argument list (no shell), a fixed PATH and environment, a timeout.
   Statically, over the package's syntax trees; and at run time, through runner.run itself.
 """
@@ -26,15 +26,14 @@ import pytest
 import pftls_hook
 from pftls_hook import runner
 from pftls_hook.errors import CommandError
-from tests import test_deploy
 from tests.reliability.serving import run_bounded
 from tests.support import lineage as fake
 from tests.support.scorecard import Scorecard
 from tests.support.tool import NAME, Tool, assert_exit
 
-EXIT_USAGE, EXIT_REFUSED = 2, 3
+EXIT_USAGE, EXIT_REFUSED, EXIT_CANNOT = 2, 3, 6
 PACKAGE = Path(pftls_hook.__file__).parent
-SOURCES = sorted(PACKAGE.glob("*.py"))
+SOURCES = sorted(PACKAGE.rglob("*.py"))  # sub-packages (daemon, setup) included
 NOBODY = 65534
 
 
@@ -186,11 +185,52 @@ def test_config_file_through_a_link_is_judged_by_its_target(served: Tool, card: 
         assert_exit(result, 0)
 
 
-def test_install_dir_checks_are_covered_by_test_deploy(card: Scorecard) -> None:
-    with card.attempt("install dir: symlink or group-writable refused (tests/test_deploy.py)"):
-        test = test_deploy.test_unsafe_install_dir_is_refused
-        marks = {m.name for m in getattr(test, "pytestmark", [])}
-        assert "parametrize" in marks
+# ------------------------------------------------------------------------- install dir
+
+
+def _symlinked_dir(tool: Tool) -> Path:
+    link = tool.base / "tls-link"
+    if not link.is_symlink():
+        link.symlink_to(tool.install_dir)
+    return link
+
+
+def _group_writable_dir(tool: Tool) -> Path:
+    path = tool.base / "tls-group-writable"
+    path.mkdir(exist_ok=True)
+    path.chmod(0o775)
+    return path
+
+
+def _foreign_dir(tool: Tool) -> Path:
+    path = tool.base / "tls-nobody"
+    path.mkdir(exist_ok=True)
+    path.chmod(0o700)
+    os.chown(path, NOBODY, NOBODY)
+    return path
+
+
+INSTALL_DIRS: dict[str, tuple[Callable[[Tool], Path], str]] = {
+    "a symlink (to the real one)": (_symlinked_dir, "is a symlink"),
+    "group-writable": (_group_writable_dir, "is writable by group or others"),
+    "owned by another uid": (_foreign_dir, "is not owned by root"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", list(INSTALL_DIRS))
+def test_unsafe_install_dir_is_refused(what: str, served: Tool, card: Scorecard) -> None:
+    make, reason = INSTALL_DIRS[what]
+    path = make(served)
+    before = sorted(p.name for p in path.iterdir())
+    check = unchanged(served)
+    with card.attempt(f"install dir {what}") as notes:
+        result = run_bounded(served, "--install-dir", str(path), "install")
+        assert_exit(result, EXIT_CANNOT)
+        assert f"{path}: install dir {reason}" in result.stderr, result.stderr
+        assert sorted(p.name for p in path.iterdir()) == before, "files written in it"
+        check()
+        notes.append("exit 6")
 
 
 # --------------------------------------------------------------- subprocesses: statically
@@ -229,11 +269,11 @@ def _dotted(node: ast.expr) -> tuple[str, ...]:
 
 
 def _where(path: Path, node: ast.AST) -> str:
-    return f"{path.name}:{getattr(node, 'lineno', '?')}"
+    return f"{path.relative_to(PACKAGE)}:{getattr(node, 'lineno', '?')}"
 
 
 def test_only_runner_imports_subprocess(card: Scorecard) -> None:
-    with card.attempt("`subprocess` (or pty, multiprocessing) imported by runner.py only"):
+    with card.attempt("`subprocess` (or pty, multiprocessing) imported by runner.py only") as notes:
         found = []
         for path, tree in _trees():
             for node in ast.walk(tree):
@@ -245,8 +285,10 @@ def test_only_runner_imports_subprocess(card: Scorecard) -> None:
                     else []
                 )
                 if any(n.split(".")[0] in PROCESS_MODULES for n in names):
-                    found.append((path.name, _where(path, node)))
+                    found.append((str(path.relative_to(PACKAGE)), _where(path, node)))
         assert found and {name for name, _ in found} == {"runner.py"}, found
+        packages = {p.parent for p in SOURCES}
+        notes.append(f"{len(SOURCES)} modules in {len(packages)} packages read")
 
 
 def test_no_shell_and_no_other_way_to_start_a_process(card: Scorecard) -> None:

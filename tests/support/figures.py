@@ -2,7 +2,8 @@
 
 When `$PFTLS_RELIABILITY_OUT` names a directory, `record(case, ...)` writes
 `<dir>/<case>.json`: {"case", "title", "figure" (one short human line, e.g. "200/200 kills
-survived"), "details" (a list of lines), plus any numbers the test adds}. scripts/
+survived"), "details" (a list of lines), plus any numbers the test adds; a `table`
+({"columns": [...], "rows": [[...], ...]}) is shown as a table}. scripts/
 reliability.py runs the tests with that variable set and renders the page from these files;
 without it, nothing is written and the test only asserts.
 """
