@@ -33,8 +33,7 @@ from pathlib import Path
 import pytest
 
 from pftls_hook.config import Settings
-from pftls_hook.deploy import Deployer
-from pftls_hook.errors import RefusedError
+from pftls_hook.select import choose
 from tests.reliability.phases import markers_in
 from tests.support import lineage as fake
 from tests.support.daemon import NotifySocket, WatchProcess
@@ -232,16 +231,18 @@ def finish_renewal(config: Path) -> None:
     fake.remove_previous_links(config, NAME)
 
 
-def test_install_during_a_renewal_waits_for_it(tmp_path: Path, inter: CA) -> None:
+def test_install_during_a_renewal_finds_it(tmp_path: Path, inter: CA) -> None:
     """What the race above found: `install` with no name, started while certbot re-points
-    the links, chose among settled lineages only, found none, and exited 3."""
+    the links, chose among settled lineages only, found none, and exited 3. Selection now
+    reads only cert.pem, which names the lineage's hosts whatever version it is on; the
+    deploy then waits for the lineage to settle."""
     config = tmp_path / "letsencrypt"
     half_renewed(config, inter.issue(NAME), inter.issue(NAME))
-    deployer = Deployer(Settings(live_dir=config / "live", settle_timeout=10))
+    settings = Settings(live_dir=config / "live", settle_timeout=10)
     certbot = threading.Timer(0.5, finish_renewal, args=(config,))
     certbot.start()
     try:
-        assert deployer.choose([NAME]) == NAME
+        assert choose(settings, [NAME], None).lineage == NAME
     finally:
         certbot.join(timeout=10)
 
@@ -251,9 +252,9 @@ def test_a_lineage_left_half_renewed_is_not_waited_for(tmp_path: Path, inter: CA
     half_renewed(config, inter.issue(NAME), inter.issue(NAME))
     long_ago = time.time() - 3600  # certbot was interrupted an hour ago
     os.utime(config / "live" / NAME, (long_ago, long_ago))
-    deployer = Deployer(Settings(live_dir=config / "live", settle_timeout=10))
+    settings = Settings(live_dir=config / "live", settle_timeout=10)
 
     started = time.monotonic()
-    with pytest.raises(RefusedError, match="no lineage to deploy"):
-        deployer.choose([NAME])
+    selection = choose(settings, [NAME], None)
+    assert selection.lineage is None and "no lineage to deploy" in selection.why_none
     assert time.monotonic() - started < 2
