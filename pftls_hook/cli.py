@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pftls_hook import metrics
 from pftls_hook.config import Settings, load_settings
 from pftls_hook.deploy import Deployer
 from pftls_hook.errors import (
@@ -66,6 +67,7 @@ def _common(default: Any) -> argparse.ArgumentParser:
     p.add_argument("--min-days", metavar="N", default=default)
     p.add_argument("--debounce", metavar="SECONDS", default=default)
     p.add_argument("--reconcile-interval", metavar="SECONDS", default=default)
+    p.add_argument("--metrics-file", metavar="FILE", default=default)
     p.add_argument("--dry-run", action="store_const", const=True, default=default)
     p.add_argument("-v", "--verbose", action="count", default=default)
     p.add_argument("-q", "--quiet", action="store_const", const=True, default=default)
@@ -103,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 _FLAG_KEYS = (
     "config", "live_dir", "postfix_config_dir", "install_dir", "ca_file", "lock_file",
     "hostname", "probe", "no_probe", "probe_timeout", "layout", "min_days", "dry_run",
-    "debounce", "reconcile_interval",
+    "debounce", "reconcile_interval", "metrics_file",
 )  # fmt: skip
 
 
@@ -153,7 +155,7 @@ def _deploy_hook(settings: Settings) -> int:
     if not chosen and not ours:
         log.info("%s renewed, not selected for Postfix (%s): skipped", name, why)
         return EXIT_OK
-    deployer.deploy(name)
+    metrics.deploy(deployer, name)
     return EXIT_OK
 
 
@@ -172,7 +174,7 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
             name = ns.name
         else:
             name = deployer.choose(settings.hostnames or (deployer.postfix.state().myhostname,))
-        deployer.deploy(name)
+        metrics.deploy(deployer, name)
         return EXIT_OK
     if ns.command == "verify":
         ctx = deployer.context()
@@ -188,6 +190,7 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
         from pftls_hook.daemon import state as watchstate  # noqa: PLC0415
 
         report = status.collect(deployer)
+        metrics.refresh(deployer, report)
         report["watch"] = watchstate.read(watchstate.state_file(settings))
         text = "\n".join([status.render(report), *watchstate.render(report["watch"])])
         print(json.dumps(report, indent=2) if ns.json else text)
@@ -267,7 +270,9 @@ def _status_check(ns: argparse.Namespace) -> int:
     from pftls_hook import status  # noqa: PLC0415
 
     try:
-        report = status.collect(Deployer(_settings(ns)))
+        deployer = Deployer(_settings(ns))
+        report = status.collect(deployer)
+        metrics.refresh(deployer, report)
         state, line = status.check(
             report, warning_days=ns.warning_days, critical_days=ns.critical_days
         )

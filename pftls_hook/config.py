@@ -57,6 +57,8 @@ class Settings:
     settle_timeout: float = 10.0
     debounce: float = 0.5
     reconcile_interval: float = 600.0
+    # Prometheus textfile (e.g. in node_exporter's textfile collector directory); metrics.py
+    metrics_file: Path | None = None
     config_file: Path | None = field(default=None, compare=False)
 
     @property

@@ -63,6 +63,31 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Replace `path` with `data`: a temp file beside it (created 0600, so key bytes are
+    never readable by others), root-owned, `mode` set, fsynced, renamed. The caller fsyncs
+    the directory (fsync_dir) once it has renamed everything it needs to."""
+    tmp = path.parent / f".{path.name}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            if os.geteuid() == 0:
+                os.fchown(fd, 0, 0)
+            os.fchmod(fd, mode)  # the umask must not decide a key file's mode
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk fails part way through the data: no partial file may stay.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 class InstallDir:
     def __init__(self, path: Path, layout: str = "combined") -> None:
         self.path = path
@@ -137,27 +162,7 @@ class InstallDir:
 
     # -- writing --------------------------------------------------------------------------
     def _write_new(self, path: Path, data: bytes, mode: int) -> None:
-        tmp = self.path / f".{path.name}.tmp.{os.getpid()}"
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-        try:
-            try:
-                if os.geteuid() == 0:
-                    os.fchown(fd, 0, 0)
-                os.fchmod(fd, mode)  # the umask must not decide a key file's mode
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            # A full disk fails part way through the data: no partial file may stay.
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, data, mode)
 
     def _link_current(self, name: str, version: Path) -> None:
         tmp = self.path / f".{name}.pem.tmp.{os.getpid()}"

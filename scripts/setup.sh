@@ -15,8 +15,13 @@ fi
 
 # postfix: the MTA under test (only private instances are started, never the
 #   system one); pebble: test ACME server; swaks: SMTP client for manual checks;
-# openssl, ca-certificates: TLS tooling; python3-venv: venv support for Debian's python3.
-packages=(postfix pebble swaks openssl ca-certificates python3-venv)
+# openssl, ca-certificates: TLS tooling; python3-venv: venv support for Debian's python3;
+# prometheus-node-exporter: scrapes the metrics file in tests (started by the test on a
+#   loopback port; the policy below keeps its system service from starting);
+# debootstrap, systemd-container: the systemd tier builds a Debian 12 tree and boots it
+#   with systemd-nspawn.
+packages=(postfix pebble swaks openssl ca-certificates python3-venv
+    prometheus-node-exporter debootstrap systemd-container)
 
 missing=()
 for pkg in "${packages[@]}"; do

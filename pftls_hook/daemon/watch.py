@@ -61,6 +61,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from pftls_hook import metrics
 from pftls_hook.config import Settings
 from pftls_hook.daemon import state as watchstate
 from pftls_hook.daemon.notify import Notifier
@@ -431,7 +432,7 @@ class Daemon:
                 log.info("%s changed; Postfix uses %s: ignored", ", ".join(changed), chosen)
                 outcome = None
             else:
-                outcome = self.deployer.deploy(chosen)
+                outcome = metrics.deploy(self.deployer, chosen)
         except NotSettledError as exc:
             # certbot started again between our check and the deploy's read: wait for it.
             log.info("%s: %s", chosen, exc)
@@ -477,6 +478,7 @@ class Daemon:
         """Nothing can be deployed now; an event or the next reconcile will look again."""
         self._dirty.clear()
         self._reconcile = False
+        metrics.refresh(self.deployer)
         self._report(phase="waiting", status=status)
 
     # -- reporting --------------------------------------------------------------------------
