@@ -130,6 +130,9 @@ def world(
             machine.path("/etc/letsencrypt"), NAME,
             cert_pem=first.cert_pem, chain_pem=first.chain_pem, privkey_pem=first.key_pem(),
         )  # fmt: skip
+        # node_exporter's textfile directory, as its Debian package leaves it. It must exist
+        # when the unit starts: ReadWritePaths=-DIR is skipped for a missing DIR.
+        machine.path(METRICS_INSIDE).parent.mkdir(mode=0o755, parents=True)
         config = machine.path("/etc/pftls-hook/config.toml")
         config.parent.mkdir(mode=0o755)
         config.write_text(f'ca-file = "{ROOT_CA_INSIDE}"\n')
@@ -177,23 +180,25 @@ def test_renewal_is_deployed_by_the_daemon_and_served(world: World) -> None:
     )  # fmt: skip
     world.wait_status(f"{NAME}: deployed ({sha256(second)[:16]}")
     assert world.served_sha256() == sha256(second)
-    # One line per step of this deploy, in order: verify, `postfix status` and `postfix
-    # reload` (Postfix's own lines, logged from the unit's cgroup), switch, probe, outcome.
+    # One line per step of this deploy, in order: verify, switch, probe, outcome. Postfix's
+    # own syslog lines (postfix status, reload) appear too when journald can still tell
+    # their short-lived sender's cgroup; nothing else may.
     journal = world.journal()
     start = next(i for i, line in enumerate(journal) if f"{NAME}: version 2 verified" in line)
     steps = journal[start:]
     print("\n".join(steps))
+    ours = [line for line in steps if line.startswith("pftls-hook: ")]
     expected = (
         f"pftls-hook: {NAME}: version 2 verified, leaf {sha256(second)[:16]}",
-        "the Postfix mail system is running: PID: ",
         f"pftls-hook: switched in /etc/postfix/tls/{NAME}.",
-        "refreshing the Postfix mail system",
         "pftls-hook: probe: 127.0.0.1:25 serve the new certificate",
         f"pftls-hook: {NAME}: deployed; Postfix serves {sha256(second)[:16]}",
     )
-    assert len(steps) == len(expected), steps
-    for line, start_of_line in zip(steps, expected, strict=True):
+    assert len(ours) == len(expected), steps
+    for line, start_of_line in zip(ours, expected, strict=True):
         assert line.startswith(start_of_line), (line, start_of_line)
+    postfix_lines = ("the Postfix mail system is running: PID: ", "refreshing the Postfix mail")
+    assert all(line.startswith(postfix_lines) for line in steps if line not in ours), steps
 
 
 def test_hardening_is_in_force_while_it_deploys(world: World) -> None:
@@ -259,16 +264,15 @@ def test_hardening_is_in_force_while_it_deploys(world: World) -> None:
 def test_reload_rereads_the_config(world: World) -> None:
     machine = world.machine
     metrics = machine.path(METRICS_INSIDE)
-    metrics.parent.mkdir(parents=True)
     assert not metrics.exists()
     config = machine.path("/etc/pftls-hook/config.toml")
     config.write_text(config.read_text() + f'metrics-file = "{METRICS_INSIDE}"\n')
-    reload = machine.run("systemctl", "reload", UNIT, check=False)
-    print(machine.run("journalctl", "-n", "40", "--no-pager", check=False).stdout)
-    assert reload.returncode == 0, reload.stderr
+    machine.run("systemctl", "reload", UNIT)
     wait_until(metrics.exists, timeout=30, what="the metrics file named by the new config")
     text = metrics.read_text()
     assert 'pftls_served_matches_installed{endpoint="127.0.0.1:25"} 1' in text, text
+    assert 'pftls_deploys_total{result="unchanged"} 1' in text, text
+    assert (metrics.stat().st_mode & 0o777) == 0o644
     assert any("SIGHUP: configuration re-read" in line for line in world.journal())
     assert world.show("ActiveState")["ActiveState"] == "active"
 

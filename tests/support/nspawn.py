@@ -82,7 +82,16 @@ def debian_tree(cache: Path) -> Path:
     # The machine's own name, not the build host's; systemd-nspawn sets it at boot.
     (building / "etc/hostname").unlink(missing_ok=True)
     # Postfix starts at boot only when the test has configured it.
-    os.rename(building, tree)
+    try:
+        os.rename(building, tree)
+    except OSError:  # another run finished the same tree first: use that one
+        shutil.rmtree(building, ignore_errors=True)
+        if not (tree / "usr/lib/systemd/systemd").exists():
+            raise
+        return tree
+    for stale in cache.glob(f"{SUITE}-*"):  # trees of older package lists: 350 MB each
+        if stale != tree:
+            shutil.rmtree(stale, ignore_errors=True)
     return tree
 
 
