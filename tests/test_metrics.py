@@ -8,6 +8,7 @@ compared with the certificates the test made and Postfix (a real private instanc
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import signal
@@ -226,3 +227,24 @@ def test_daemon_counts_survive_its_restart(
 
 def counted_once(exporter: NodeExporter, result: str) -> bool:
     return exporter.scrape().get(("pftls_deploys_total", frozenset({("result", result)}))) == 1
+
+
+def test_unreadable_counters_are_reported_and_start_again(
+    postfix: PostfixInstance, tmp_path: Path, inter: CA, textfile_dir: Path, exporter: NodeExporter
+) -> None:
+    tool = make_tool(postfix, tmp_path, inter)
+    metrics = textfile_dir / "pftls-hook.prom"
+    counters = textfile_dir / ".pftls-hook.prom.counters.json"
+    tool.lineage(inter.issue(NAME))
+    counters.write_text('{"deploys": {"deployed": 7')  # cut short, as by a full disk
+    result = tool.run("install", "--metrics-file", str(metrics))
+    assert_exit(result, EXIT_OK)
+    assert f"pftls-hook: {counters}: unreadable, counters start again at 0" in result.stderr
+    s = exporter.scrape()
+    assert value(s, "pftls_deploys_total", result="deployed") == 1
+    assert json.loads(counters.read_text())["deploys"]["deployed"] == 1
+
+    # A metrics directory that cannot be written costs a warning, never the deploy.
+    result = tool.run("install", "--metrics-file", str(tmp_path / "missing" / "x.prom"))
+    assert_exit(result, EXIT_OK)
+    assert "x.prom: metrics not written: No such file or directory" in result.stderr

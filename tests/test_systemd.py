@@ -167,6 +167,11 @@ def test_enable_now_returns_after_ready_with_the_outcome_in_status(world: World)
     started = next(i for i, line in enumerate(journal) if line.startswith("Started pftls-hook"))
     assert deployed < started
     assert world.served_sha256() == sha256(world.first)
+    # configure applied the TLS profile to the container's Postfix.
+    profile = world.machine.run(
+        "postconf", "-h", "smtpd_tls_loglevel", "smtpd_tls_received_header"
+    ).stdout.split()
+    assert profile == ["1", "yes"], profile
     # register installed certbot's deploy hook beside the daemon.
     hook = world.machine.path("/etc/letsencrypt/renewal-hooks/deploy/pftls-hook").read_text()
     assert "/opt/pftls-hook/bin/python" in hook and "deploy-hook" in hook
