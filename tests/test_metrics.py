@@ -248,3 +248,32 @@ def test_unreadable_counters_are_reported_and_start_again(
     result = tool.run("install", "--metrics-file", str(tmp_path / "missing" / "x.prom"))
     assert_exit(result, EXIT_OK)
     assert "x.prom: metrics not written: No such file or directory" in result.stderr
+
+
+def test_registered_deploy_hook_carries_the_metrics_file(
+    postfix: PostfixInstance, tmp_path: Path, inter: CA, textfile_dir: Path, exporter: NodeExporter
+) -> None:
+    tool = make_tool(postfix, tmp_path, inter)
+    metrics = textfile_dir / "pftls-hook.prom"
+    leaf = inter.issue(NAME)
+    tool.lineage(leaf)
+    assert_exit(tool.run("register", "--metrics-file", str(metrics)), EXIT_OK)
+    hook = tool.config_dir / "renewal-hooks" / "deploy" / "pftls-hook"
+    assert f"--metrics-file {metrics}" in hook.read_text()
+    # certbot runs the hook after a renewal, with RENEWED_LINEAGE and without our environment.
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "RENEWED_LINEAGE": str(tool.live_dir / NAME)}
+    ran = subprocess.run(
+        [str(hook)], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert ran.returncode == 0, ran.stderr
+    s = exporter.scrape()
+    assert value(s, "pftls_deploys_total", result="deployed") == 1
+    endpoint = f"{LOOPBACK}:{postfix.port}"
+    served = value(
+        s,
+        "pftls_certificate_not_after_timestamp_seconds",
+        lineage=NAME,
+        source="served",
+        endpoint=endpoint,
+    )
+    assert served == epoch(leaf)

@@ -56,6 +56,7 @@ _FLAGS = (
     ("probe_timeout", "--probe-timeout"),
     ("layout", "--layout"),
     ("min_days", "--min-days"),
+    ("metrics_file", "--metrics-file"),
 )
 # Deploy settings that only the config file or the environment can give: certbot runs the
 # hook without our environment, so these must live in the file.
