@@ -211,6 +211,32 @@ def test_renewal_is_deployed_by_the_daemon_and_served(world: World) -> None:
     assert all(line.startswith(postfix_lines) for line in steps if line not in ours), steps
 
 
+def test_deploy_hook_beside_the_daemon_reloads_postfix_once(world: World) -> None:
+    machine = world.machine
+
+    def reloads() -> int:
+        out = machine.run("journalctl", "-t", "postfix/master", "-o", "cat", "--no-pager").stdout
+        return sum(line.startswith("reload -- version") for line in out.splitlines())
+
+    before = reloads()
+    third = world.inter.issue(NAME)
+    fake.renew(
+        world.letsencrypt, NAME, 3,
+        cert_pem=third.cert_pem, chain_pem=third.chain_pem, privkey_pem=third.key_pem(),
+    )  # fmt: skip
+    # certbot runs the hook `register` installed right after the links are final, as root,
+    # with RENEWED_LINEAGE; the daemon sees the same renewal through inotify.
+    hook = machine.run(
+        "/etc/letsencrypt/renewal-hooks/deploy/pftls-hook",
+        env={"RENEWED_LINEAGE": f"/etc/letsencrypt/live/{NAME}"},
+    )
+    print(hook.stderr)
+    world.wait_status(sha256(third)[:16])
+    assert world.served_sha256() == sha256(third)
+    time.sleep(2)  # a second reload, if any, would come within the daemon's debounce
+    assert reloads() == before + 1
+
+
 def test_hardening_is_in_force_while_it_deploys(world: World) -> None:
     machine = world.machine
     pid = world.show("MainPID")["MainPID"]
