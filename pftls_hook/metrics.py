@@ -239,12 +239,15 @@ def _read_counters(path: Path) -> Counters:
     if not isinstance(raw, dict):
         log.warning("%s: not a JSON object, counters start again at 0", path)
         return counters
-    for result, count in (raw.get("deploys") or {}).items():
+    # Entries of the wrong type are dropped one by one: the file is ours, but a hand edit
+    # or a bad disk must not cost every other count.
+    deploys, successes = raw.get("deploys"), raw.get("last_success")
+    for result, count in deploys.items() if isinstance(deploys, dict) else ():
         if result in counters.deploys and isinstance(count, int) and count >= 0:
             counters.deploys[result] = count
     if isinstance(raw.get("last_attempt"), int | float):
         counters.last_attempt = float(raw["last_attempt"])
-    for name, at in (raw.get("last_success") or {}).items():
+    for name, at in successes.items() if isinstance(successes, dict) else ():
         if isinstance(name, str) and isinstance(at, int | float):
             counters.last_success[name] = float(at)
     return counters

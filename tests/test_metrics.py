@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from pftls_hook import metrics
 from tests.support.daemon import WatchProcess
 from tests.support.net import LOOPBACK, free_port, port_accepts, wait_until
 from tests.support.pki import CA, Leaf
@@ -277,3 +278,39 @@ def test_registered_deploy_hook_carries_the_metrics_file(
         endpoint=endpoint,
     )
     assert served == epoch(leaf)
+
+
+# ------------------------------------------------------------------- pure: no Postfix needed
+
+
+def test_counters_file_keeps_what_is_well_typed(tmp_path: Path) -> None:
+    store = tmp_path / ".m.prom.counters.json"
+    store.write_text(
+        json.dumps(
+            {
+                "deploys": {"deployed": 3, "refused": "2", "unknown": 5, "failed": -1},
+                "last_attempt": 1700000000.5,
+                "last_success": ["not", "a", "mapping"],
+            }
+        )
+    )
+    counters = metrics._read_counters(store)
+    assert counters.deploys == {**dict.fromkeys(metrics.RESULTS, 0), "deployed": 3}
+    assert counters.last_attempt == 1700000000.5
+    assert counters.last_success == {}
+
+
+def test_render_escapes_label_values_and_parses_back() -> None:
+    odd = 'a"b\\c\nd'
+    snapshot = metrics.Snapshot(
+        certificates=(metrics.CertificateExpiry(odd, "live", "", 1767225600.0),),
+        endpoints=(metrics.EndpointCheck("[::1]:25", True),),
+        unreadable=(),
+        counters=metrics.Counters(last_success={"x": 1.25}),
+    )
+    text = metrics.render(snapshot)
+    assert 'lineage="a\\"b\\\\c\\nd"' in text
+    for line in text.splitlines():
+        assert line.startswith("# ") or _SAMPLE.match(line), line
+    assert 'pftls_served_matches_installed{endpoint="[::1]:25"} 1' in text.splitlines()
+    assert 'pftls_deploy_last_success_timestamp_seconds{lineage="x"} 1.25' in text.splitlines()

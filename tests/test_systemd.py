@@ -5,7 +5,8 @@ directory built on the host, through PIP_NO_INDEX/PIP_FIND_LINKS: the container 
 network), then the daemon runs as `pftls-hook.service` against the container's own Postfix
 (TLS profile by `pftls-hook configure`) and a certbot-style lineage written into the
 container's /etc/letsencrypt exactly as certbot lays it out. The tests run in file order on
-one machine: start, renewal, journal, hardening, reload, watchdog, security score, stop.
+one machine: start, renewal and its journal, the deploy hook beside the daemon, hardening,
+reload, watchdog, security score, stop.
 """
 
 from __future__ import annotations
