@@ -271,6 +271,7 @@ def test_hardening_is_in_force_while_it_deploys(world: World) -> None:
     machine.path(PROBE_INSIDE).write_bytes((REPO / "tests/support/sandbox_probe.py").read_bytes())
     machine.path("/etc/systemd/system/pftls-sandbox-probe.service").write_text(probe_unit + "\n")
     machine.path("/root/pftls-marker").write_text("")
+    machine.run("touch", "/tmp/pftls-marker")  # the machine's /tmp is a tmpfs of its own
     machine.run("ip", "address", "add", f"{OTHER}/32", "dev", "lo")
     machine.run("systemctl", "daemon-reload")
     machine.run("systemctl", "start", "pftls-sandbox-probe.service")
@@ -294,8 +295,12 @@ def test_hardening_is_in_force_while_it_deploys(world: World) -> None:
     assert confined["unshare user namespace"].startswith("error 1 ")  # RestrictNamespaces=
     assert free["ptrace TRACEME"] == "ok"
     assert confined["ptrace TRACEME"].startswith("error 1 ")  # SystemCallFilter=~@debug
+    assert free["chmod u+s"] == "ok"
+    assert confined["chmod u+s"].startswith("error 1 ")  # RestrictSUIDSGID=
     assert "pftls-marker" in free["list /root"]
     assert "pftls-marker" not in confined["list /root"]  # ProtectHome=
+    assert "pftls-marker" in free["list /tmp"]
+    assert "pftls-marker" not in confined["list /tmp"]  # PrivateTmp=
 
 
 def test_reload_rereads_the_config(world: World) -> None:

@@ -53,6 +53,15 @@ def packet_socket() -> None:
     socket.socket(socket.AF_PACKET, socket.SOCK_RAW).close()
 
 
+def setuid_bit(path: str) -> None:
+    with open(path, "w"):
+        pass
+    try:
+        os.chmod(path, 0o4755)  # noqa: S103 - the probe tries what RestrictSUIDSGID= forbids
+    finally:
+        os.unlink(path)
+
+
 def list_dir(path: str) -> str:
     return ",".join(sorted(os.listdir(path)))
 
@@ -68,7 +77,9 @@ def main() -> None:
         "AF_PACKET socket": packet_socket,
         "unshare user namespace": lambda: libc_call("unshare", 0x10000000),
         "ptrace TRACEME": lambda: libc_call("ptrace", 0, 0, None, None),
+        "chmod u+s": lambda: setuid_bit("/etc/postfix/.pftls-probe-suid"),
         "list /root": lambda: list_dir("/root"),
+        "list /tmp": lambda: list_dir("/tmp"),
     }
     print(json.dumps({name: attempt(action) for name, action in checks.items()}))
 
