@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pftls_hook.config import Settings, load_settings
 from pftls_hook.deploy import Deployer, Outcome
@@ -36,6 +36,9 @@ from pftls_hook.errors import (
 )
 from pftls_hook.lineage import renewed_lineage
 from pftls_hook.setup import AUTHENTICATORS, CLIENT_LEVELS, OBTAIN_EPILOG, PROPAGATION_HELP
+
+if TYPE_CHECKING:
+    from pftls_hook.status import Report
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 EXIT_ROLLED_BACK, EXIT_ROLLBACK_FAILED, EXIT_CANNOT = 4, 5, 6
@@ -78,6 +81,9 @@ _GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any], str], ...] = (
      "watch: wait this long for a lineage that never settles (default 0.5)"),
     (("--reconcile-interval",), {"metavar": "SECONDS"},
      "watch: look at every lineage this often (default 600)"),
+    (("--metrics-file",), {"metavar": "FILE"},
+     "write Prometheus metrics here after each deploy attempt and status (e.g. in "
+     "node_exporter's textfile directory)"),
     (("--dry-run",), {"action": "store_const", "const": True},
      "say what would change; change nothing"),
     (("--dane",), {"choices": ("enforce", "warn", "off")},
@@ -138,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 _FLAG_KEYS = (
     "config", "live_dir", "postfix_config_dir", "install_dir", "ca_file", "lock_file",
     "hostname", "probe", "no_probe", "probe_timeout", "layout", "min_days", "dry_run",
-    "debounce", "reconcile_interval", "dane", "dns_resolver",
+    "debounce", "reconcile_interval", "dane", "dns_resolver", "metrics_file",
 )  # fmt: skip
 
 
@@ -171,7 +177,22 @@ def _deploy_hook(settings: Settings) -> Outcome:
         raise UsageError("deploy-hook: RENEWED_LINEAGE is not set (run it from certbot)")
     # Only a lineage directly under our live dir: certbot's own layout, nothing else.
     name = renewed_lineage(lineage, settings.live_dir)
-    return Deployer(settings).deploy(name, only_if_ours=True)
+    return _deploy(Deployer(settings), name, only_if_ours=True)
+
+
+def _deploy(deployer: Deployer, name: str | None, *, only_if_ours: bool = False) -> Outcome:
+    if deployer.settings.metrics_file is None:
+        return deployer.deploy(name, only_if_ours=only_if_ours)
+    from pftls_hook import metrics  # noqa: PLC0415 - only with a metrics file
+
+    return metrics.deploy(deployer, name, only_if_ours=only_if_ours)
+
+
+def _refresh_metrics(deployer: Deployer, report: Report) -> None:
+    if deployer.settings.metrics_file is not None:
+        from pftls_hook import metrics  # noqa: PLC0415 - only with a metrics file
+
+        metrics.refresh(deployer, report)
 
 
 def _render(outcome: Outcome) -> None:
@@ -205,7 +226,7 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     deployer = Deployer(settings)
     if ns.command == "install":
-        _render(deployer.deploy(ns.name))
+        _render(_deploy(deployer, ns.name))
         return EXIT_OK
     if ns.command == "verify":
         ctx = deployer.context()
@@ -223,6 +244,7 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
         from pftls_hook import status  # noqa: PLC0415
 
         report = status.collect(deployer)
+        _refresh_metrics(deployer, report)
         print(status.to_json(report) if ns.json else status.render(report))
         return EXIT_OK
     if ns.command == "rollback":
@@ -323,7 +345,9 @@ def _status_check(ns: argparse.Namespace) -> int:
     from pftls_hook import status  # noqa: PLC0415
 
     try:
-        report = status.collect(Deployer(_settings(ns)))
+        deployer = Deployer(_settings(ns))
+        report = status.collect(deployer)
+        _refresh_metrics(deployer, report)
         state, line = status.check(
             report, warning_days=ns.warning_days, critical_days=ns.critical_days
         )

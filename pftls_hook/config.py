@@ -75,6 +75,8 @@ class Settings:
     dane: str = "enforce"
     dns_resolvers: tuple[DnsServer, ...] = ()  # empty: the nameservers of /etc/resolv.conf
     dane_ports: tuple[int, ...] = (25,)
+    # Prometheus textfile (e.g. in node_exporter's textfile collector directory); metrics.py
+    metrics_file: Path | None = None
     config_file: Path | None = field(default=None, compare=False)
 
     @property

@@ -21,10 +21,16 @@ fi
 #   started, the system services stay stopped and disabled (below);
 # knot-dnsutils: kdig/knsupdate, to look at the test DNS by hand.
 # strace: bench/ counts the commands a deploy hook runs from outside.
-packages=(postfix pebble swaks openssl ca-certificates python3-venv knot knot-dnsutils unbound strace)
+# prometheus-node-exporter: scrapes the metrics file in tests (started by the test on a
+#   loopback port; its system service stays stopped and disabled too);
+# debootstrap, systemd-container: the systemd tier builds a Debian 12 tree and boots it
+#   with systemd-nspawn.
+packages=(postfix pebble swaks openssl ca-certificates python3-venv knot knot-dnsutils unbound
+    strace prometheus-node-exporter debootstrap systemd-container)
 # Services the packages enable on install; they would bind port 53 (and
-# unbound-resolvconf would point /etc/resolv.conf at it) at the next boot.
-dns_services=(knot.service unbound.service unbound-resolvconf.service)
+# unbound-resolvconf would point /etc/resolv.conf at it), or 9100, at the next boot.
+dns_services=(knot.service unbound.service unbound-resolvconf.service
+    prometheus-node-exporter.service)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -61,6 +61,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from pftls_hook import metrics
 from pftls_hook.config import Settings
 from pftls_hook.daemon import state as watchstate
 from pftls_hook.daemon.notify import Notifier
@@ -429,9 +430,11 @@ class Daemon:
         try:
             if self._reconcile:
                 # The selected lineage; a no-op (one probe) when installed and served.
-                outcomes = [self.deployer.deploy(None)]
+                outcomes = [metrics.deploy(self.deployer, None)]
             else:
-                outcomes = [self.deployer.deploy(n, only_if_ours=True) for n in sorted(self._dirty)]
+                outcomes = [
+                    metrics.deploy(self.deployer, n, only_if_ours=True) for n in sorted(self._dirty)
+                ]
         except NotSettledError as exc:
             # certbot started again between our check and the deploy's read: wait for it.
             log.info("%s", exc)
@@ -485,6 +488,7 @@ class Daemon:
         """Nothing can be deployed now; an event or the next reconcile will look again."""
         self._dirty.clear()
         self._reconcile = False
+        metrics.refresh(self.deployer)
         self._report(phase="waiting", status=status)
 
     # -- reporting --------------------------------------------------------------------------

@@ -66,6 +66,7 @@ _FLAGS = (
     ("min_days", "--min-days"),
     ("dane", "--dane"),
     ("dns_resolvers", "--dns-resolver"),
+    ("metrics_file", "--metrics-file"),
 )
 # Deploy settings that only the config file or the environment can give: certbot runs the
 # hook without our environment, so these must live in the file.
