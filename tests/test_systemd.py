@@ -127,6 +127,15 @@ def world(
         machine.path(ROOT_CA_INSIDE).write_bytes(inter.parent.cert_pem)
         machine.run("postconf", "-e", f"myhostname = {NAME}")
         machine.run("systemctl", "restart", "postfix")
+        # The host's resolver: unbound on loopback. The container has no network, so the
+        # mail host's own zone is answered locally (no TLSA records published: the DANE
+        # guard looks them up for real, through the unit, and finds nothing to guard).
+        machine.path("/etc/unbound/unbound.conf.d/mail-zone.conf").write_text(
+            'server:\n    interface: 127.0.0.1\n    local-zone: "test.example." static\n'
+        )
+        machine.path("/etc/resolv.conf").unlink(missing_ok=True)
+        machine.path("/etc/resolv.conf").write_text("nameserver 127.0.0.1\n")
+        machine.run("systemctl", "restart", "unbound")
         first = inter.issue(NAME)
         fake.new_lineage(
             machine.path("/etc/letsencrypt"), NAME,

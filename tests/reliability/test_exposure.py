@@ -12,7 +12,7 @@ file, proves its attempts reach the directory.
 The installs run with umask 000, the worst an admin's shell could hand down: a key file's
 mode must not depend on it (the three that write main.cf do not: Postfix would rightly
 complain about a main.cf written under it). The separate layout is driven in-process
-through `InstallDir` (each CLI deploy there rewrites main.cf, ~2 s of Postfix's "hot
+through `install.Separate` (each CLI deploy there rewrites main.cf, ~2 s of Postfix's "hot
 main.cf" wait), plus two deploys through the CLI.
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from pftls_hook.install import InstallDir
+from pftls_hook.install import Separate
 from pftls_hook.verify import SourceFiles, VerifiedBundle, verify_bundle
 from tests.conftest import MakePostfix
 from tests.reliability.conftest import make_tool
@@ -44,7 +44,7 @@ from tests.support.tool import NAME, Tool, assert_exit
 INSTALLS = 100  # through the CLI, combined layout, Postfix running
 ROLLED_BACK_EVERY = 10  # that install's probe meets an impostor: rollback (exit 4)
 ROLLBACK_COMMAND_EVERY = 25  # then `pftls-hook rollback`
-SEPARATE_CYCLES = 100  # InstallDir.install in the separate layout, in-process
+SEPARATE_CYCLES = 100  # Separate.install (the separate layout), in-process
 CANARY = "canary.txt"  # world-readable on purpose: nobody must be able to open it
 # The negative control: a planted world-readable "key" both observers must report.
 CONTROL = "control.key"
@@ -111,7 +111,7 @@ def deploy_combined(tool: Tool, impostor: FakeSmtpServer) -> dict[str, int]:
 
 def cycle_separate(directory: Path, bundles: list[VerifiedBundle]) -> None:
     """Install, then prune (or, every fifth time, undo), as a deploy and a rollback do."""
-    install_dir = InstallDir(directory, "separate")
+    install_dir = Separate(directory)
     for i in range(SEPARATE_CYCLES):
         installed = install_dir.install(NAME, bundles[i % 2], chain_files=False)
         if i % 5 == 4:

@@ -213,7 +213,7 @@ def _foreign_dir(tool: Tool) -> Path:
 INSTALL_DIRS: dict[str, tuple[Callable[[Tool], Path], str]] = {
     "a symlink (to the real one)": (_symlinked_dir, "is a symlink"),
     "group-writable": (_group_writable_dir, "is writable by group or others"),
-    "owned by another uid": (_foreign_dir, "is not owned by root"),
+    "owned by another uid": (_foreign_dir, "is owned by uid 65534, not root"),
 }
 
 

@@ -37,10 +37,12 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 # What an admin's Debian 12 mail host has: minbase plus Postfix, Python and systemd; procps
 # (priority important, on every standard install) holds /bin/kill, the unit's ExecReload=;
-# iproute2 gives the hardening test a second, non-loopback address.
+# iproute2 gives the hardening test a second, non-loopback address; unbound is the mail
+# host's local resolver (Postfix's DANE wants a local validating one), which the DANE guard's
+# TLSA lookups reach through the unit's IPAddressAllow=localhost.
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "postfix", "python3", "python3-venv", "openssl",
-    "ca-certificates", "iproute2", "procps",
+    "ca-certificates", "iproute2", "procps", "unbound",
 )  # fmt: skip
 RECIPE = 1  # bump when the way the tree is made changes
 DEBOOTSTRAP_TIMEOUT = 1200.0
