@@ -39,10 +39,11 @@ MIRROR = "http://deb.debian.org/debian"
 # (priority important, on every standard install) holds /bin/kill, the unit's ExecReload=;
 # iproute2 gives the hardening test a second, non-loopback address; unbound is the mail
 # host's local resolver (Postfix's DANE wants a local validating one), which the DANE guard's
-# TLSA lookups reach through the unit's IPAddressAllow=localhost.
+# TLSA lookups reach through the unit's IPAddressAllow=localhost (dns-root-data: its trust
+# anchor, a Recommends that debootstrap leaves out).
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "postfix", "python3", "python3-venv", "openssl",
-    "ca-certificates", "iproute2", "procps", "unbound",
+    "ca-certificates", "iproute2", "procps", "unbound", "dns-root-data",
 )  # fmt: skip
 RECIPE = 1  # bump when the way the tree is made changes
 DEBOOTSTRAP_TIMEOUT = 1200.0
