@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Any
 
 from pftls_hook.config import Settings, load_settings
-from pftls_hook.deploy import Deployer, Outcome
+from pftls_hook.deploy import Deployer, Outcome, worst
 from pftls_hook.errors import (
     CommandError,
     DeployFailedError,
@@ -169,6 +169,8 @@ def _render(outcome: Outcome) -> None:
     if outcome.action == "skipped":
         log.info("%s renewed, not selected for Postfix (%s): skipped", outcome.lineage,
                  "; ".join(outcome.detail))  # fmt: skip
+    elif outcome.error is not None:
+        log.error("%s: %s: %s", outcome.lineage, outcome.action, outcome.error)
     elif outcome.action in ("deployed", "reloaded", "rolled-back") and not outcome.proven_on:
         log.warning(
             "%s: %s, but NOT proven: no TLS endpoint to probe (no smtpd service with TLS "
@@ -193,7 +195,12 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     deployer = Deployer(settings)
     if ns.command == "install":
-        _render(deployer.deploy(ns.name))
+        outcomes = [deployer.deploy(ns.name)] if ns.name else deployer.deploy_all()
+        for outcome in outcomes:
+            _render(outcome)
+        error = worst(outcomes)  # several chains: each reported, the worst decides
+        if error is not None:
+            raise error
         return EXIT_OK
     if ns.command == "verify":
         ctx = deployer.context()

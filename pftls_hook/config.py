@@ -31,10 +31,12 @@ class Endpoint:
     host: str
     port: int
     implicit_tls: bool = False
+    algorithm: str | None = None  # a probe offering only this key algorithm (None: any)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}{'/tls' if self.implicit_tls else ''}"
+        offers = f" ({self.algorithm} client)" if self.algorithm else ""
+        return f"{host}:{self.port}{'/tls' if self.implicit_tls else ''}{offers}"
 
 
 @dataclass(frozen=True)

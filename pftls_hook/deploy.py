@@ -10,6 +10,14 @@ the previous certificate is served again; `RollbackFailedError` when even that f
 hook, the daemon) skips a lineage that Postfix does not serve. Deploying what is already
 installed and served is a no-op: two postconf calls, one probe, no write, no reload. The
 core does not print: outcomes and plans are data, rendered by the CLI.
+
+Several chains (one lineage per key algorithm, see select.py): main.cf lists one combined
+file per chain in `smtpd_tls_chain_files`. `deploy_all()` (install, the daemon's
+reconcile) deploys every selected chain in one transaction and returns one `Outcome` per
+lineage: a refused lineage gets a "refused" outcome carrying its error and keeps its
+previous version served, without blocking the others. `deploy(name)` redeploys just that
+lineage (a renewal) and raises its error. Each chain is proven by a client that offers only
+its algorithm (probe.py).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,16 +38,17 @@ from pftls_hook.errors import (
     CommandError,
     DeployFailedError,
     EnvironmentRefusedError,
+    NotSettledError,
     PftlsError,
     ProbeError,
     RefusedError,
     RollbackFailedError,
 )
-from pftls_hook.install import Installed, install_dir
+from pftls_hook.install import Combined, Installed, install_dir
 from pftls_hook.lineage import LineageSnapshot, read_lineage
 from pftls_hook.lock import deploy_lock
 from pftls_hook.postfix import Postfix, PostfixState
-from pftls_hook.select import Selection, choose
+from pftls_hook.select import ALGORITHMS, Selection, algorithm_of, choose
 from pftls_hook.verify import SourceFiles, VerifiedBundle, load_anchors, verify_bundle
 
 log = logging.getLogger("pftls-hook")
@@ -67,11 +76,13 @@ def _signals_held() -> Iterator[None]:
 class Outcome:
     lineage: str
     # deployed | unchanged | reloaded | installed-not-running | rolled-back | dry-run | skipped
+    # | refused | failed (several chains: this lineage's `error`; the others went on)
     action: str
     leaf_sha256: str = ""
     warnings: tuple[str, ...] = ()
     proven_on: tuple[str, ...] = ()  # endpoints shown to serve it; () = not proven
     detail: tuple[str, ...] = field(default=())  # the plan (dry run) or why it was skipped
+    error: PftlsError | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         served = f" ({self.leaf_sha256[:16]}…)" if self.leaf_sha256 else ""
@@ -96,14 +107,14 @@ class Transaction:
 
     def __init__(self, postfix: Postfix) -> None:
         self.postfix = postfix
-        self.installed: Installed | None = None
+        self.switched: list[Installed] = []
         self.main_cf_before: dict[str, str] = {}
         self.main_cf_names: list[str] = []
 
     def switch(self, do: Callable[[], Installed]) -> Installed:
         with _signals_held():
-            self.installed = do()
-        return self.installed  # a SIGTERM held meanwhile arrives here, where undo knows it
+            self.switched.append(do())
+        return self.switched[-1]  # a SIGTERM held meanwhile arrives here, where undo knows it
 
     def set_main_cf(self, values: dict[str, str]) -> None:
         if values:
@@ -115,8 +126,8 @@ class Transaction:
     def undo(self) -> None:
         if self.main_cf_names:
             self.postfix.restore(self.main_cf_before, self.main_cf_names)
-        if self.installed is not None:
-            self.installed.undo()
+        while self.switched:
+            self.switched.pop().undo()
 
 
 def roll_back(
@@ -176,7 +187,7 @@ class Deployer:
         if not endpoints and not self.settings.no_probe:
             endpoints, skipped = state.probe_endpoints()
             notes.extend(skipped)
-        installed = self.install_dir.lineage_of(state.pointed_files())
+        installed = self.install_dir.lineages_of(state.pointed_files())
         selection = choose(self.settings, hostnames, installed)
         return Context(state, tuple(hostnames), tuple(endpoints), tuple(notes), selection)
 
@@ -243,10 +254,135 @@ class Deployer:
                 return Outcome(name, "skipped", detail=(why,))
             for note in ctx.notes:
                 log.warning("%s", note)
+            if ctx.selection.several:
+                (outcome,) = self._deploy_chains(ctx, [name or self.selected(ctx)])
+                if outcome.error is not None:
+                    raise outcome.error
+                return outcome
             snapshot, bundle = self.read_and_verify(name, ctx)
             self.install_dir.check(create=True)
             self.install_dir.clean_temps()
             return self._switch(snapshot.name, bundle, ctx)
+
+    def deploy_all(self) -> list[Outcome]:
+        """Every selected chain (install without a name, the daemon's reconcile): one
+        outcome per lineage; a failed one carries its error (`worst` picks the one to raise)."""
+        if self.settings.dry_run:
+            return self._dry_run_all()
+        with deploy_lock(self.settings.lock_file, self.settings.lock_timeout):
+            ctx = self.context()
+            for note in ctx.notes:
+                log.warning("%s", note)
+            if ctx.selection.several:
+                return self._deploy_chains(ctx, list(ctx.selection.lineages))
+            snapshot, bundle = self.read_and_verify(None, ctx)
+            self.install_dir.check(create=True)
+            self.install_dir.clean_temps()
+            return [self._switch(snapshot.name, bundle, ctx)]
+
+    # -- several chains -------------------------------------------------------------------
+    def _combined(self) -> Combined:
+        if not isinstance(self.install_dir, Combined):
+            raise EnvironmentRefusedError(
+                f"{self.install_dir.path}: several chains need the combined layout"
+            )
+        return self.install_dir
+
+    def _verified_chains(
+        self, ctx: Context, names: Sequence[str]
+    ) -> tuple[dict[str, VerifiedBundle], dict[str, Outcome]]:
+        """Read and verify each lineage; a refused one is an outcome, not a stop."""
+        bundles: dict[str, VerifiedBundle] = {}
+        refused: dict[str, Outcome] = {}
+        for name in names:
+            try:
+                _, bundle = self.read_and_verify(name, ctx)
+                algorithm = algorithm_of(bundle.leaf)
+                holder = next(
+                    (c.lineage for c in ctx.selection.chains if c.algorithm == algorithm), name
+                )
+                if holder != name and holder not in names:
+                    # Postfix takes one key per algorithm: the two would fight for the slot.
+                    raise RefusedError(
+                        str(self.settings.live_dir / name),
+                        f"its key is {algorithm}, and {holder} is served for {algorithm}",
+                    )
+            except NotSettledError:
+                raise  # certbot is at work: wait for it (the daemon does), refuse nothing
+            except RefusedError as exc:
+                log.error("%s refused: %s; its previous version stays served", name, exc)
+                refused[name] = Outcome(name, "refused", detail=(str(exc),), error=exc)
+                continue
+            bundles[name] = bundle
+        return bundles, refused
+
+    def _chain_list(self, ctx: Context, deploying: Mapping[str, str]) -> list[str]:
+        """smtpd_tls_chain_files after deploying `deploying` (lineage -> algorithm): each
+        selected chain whose file is deployed now or already listed; a named lineage takes
+        its algorithm's place; a lineage no longer selected leaves the list."""
+        layout = self._combined()
+        pointed = ctx.state.pointed_files()
+        by_algorithm = {c.algorithm: c.lineage for c in ctx.selection.chains}
+        by_algorithm.update({a: n for n, a in deploying.items()})
+        paths = []
+        for algorithm in (*ALGORITHMS, *sorted(set(by_algorithm) - set(ALGORITHMS))):
+            name = by_algorithm.get(algorithm)
+            path = str(layout.current_path(name)) if name else ""
+            if name and (name in deploying or path in pointed):
+                paths.append(path)
+        return paths
+
+    def _deploy_chains(self, ctx: Context, names: Sequence[str]) -> list[Outcome]:
+        bundles, outcomes = self._verified_chains(ctx, names)
+        if bundles:
+            try:
+                outcomes.update(self._switch_chains(ctx, bundles))
+            except PftlsError as exc:
+                # One transaction for the lineages that passed: all were undone together.
+                action = "failed" if isinstance(exc, RollbackFailedError) else "rolled-back"
+                outcomes.update({n: Outcome(n, action, error=exc) for n in bundles})
+        return [outcomes[n] for n in names]
+
+    def _switch_chains(
+        self, ctx: Context, bundles: Mapping[str, VerifiedBundle]
+    ) -> dict[str, Outcome]:
+        layout = self._combined()
+        layout.check(create=True)
+        layout.clean_temps()
+        algorithms = {n: algorithm_of(b.leaf) for n, b in bundles.items()}
+        # One probe per (endpoint, algorithm): a client that accepts only that chain.
+        targets = {
+            n: [replace(e, algorithm=a) for e in ctx.endpoints] for n, a in algorithms.items()
+        }
+        proofs = {t: bundles[n].leaf_sha256 for n, ts in targets.items() for t in ts}
+        before = self.served(list(proofs))
+        chain_files = ", ".join(self._chain_list(ctx, algorithms))
+        params = {"smtpd_tls_chain_files": chain_files}
+        pointed = ctx.state.pointed_files()
+        todo = [n for n, b in bundles.items() if not layout.holds_file(n, b)]
+        listed = pointed == chain_files.split(", ")
+        done = {
+            n: Outcome(n, "deployed", b.leaf_sha256, b.warnings, tuple(map(str, targets[n])))
+            for n, b in bundles.items()
+        }
+        if not todo and listed:
+            if all(before.get(t) == sha for t, sha in proofs.items()):
+                log.info("%s: already installed and served: nothing to do", ", ".join(bundles))
+                return {n: replace(o, action="unchanged") for n, o in done.items()}
+            if not self.postfix.reload():
+                return {n: self._not_running(o) for n, o in done.items()}
+            self._prove(proofs)
+            return {n: replace(o, action="reloaded") for n, o in done.items()}
+        switches = [(lambda n=n: layout.install(n, bundles[n], chain_files=True)) for n in todo]
+        installed, running = self._apply(switches, ctx, proofs, before, params)
+        keep = {*map(Path, pointed), *(f for i in installed for f in i.files)}
+        keep.update(i.previous for i in installed if i.previous is not None)
+        for name in todo:
+            for removed in layout.prune(name, keep):
+                log.info("%s: pruned %s", name, removed)
+        if not running:
+            return {n: self._not_running(o) for n, o in done.items()}
+        return done
 
     def _switch(self, name: str, bundle: VerifiedBundle, ctx: Context) -> Outcome:
         before = self.served(ctx.endpoints)
@@ -261,14 +397,14 @@ class Deployer:
             # by: reload only.
             if not self.postfix.reload():
                 return self._not_running(done)
-            self._prove(ctx.endpoints, expected)
+            self._prove(dict.fromkeys(ctx.endpoints, expected))
             return replace(done, action="reloaded")
 
         chain_files = ctx.state.uses_chain_files
-        installed, running = self._apply(
-            lambda: self.install_dir.install(name, bundle, chain_files=chain_files),
+        (installed,), running = self._apply(
+            [lambda: self.install_dir.install(name, bundle, chain_files=chain_files)],
             ctx,
-            expected,
+            dict.fromkeys(ctx.endpoints, expected),
             before,
         )
         # Keep what was served before this deploy (for rollback) and the new files.
@@ -290,20 +426,27 @@ class Deployer:
 
     def _apply(
         self,
-        switch: Callable[[], Installed],
+        switches: Sequence[Callable[[], Installed]],
         ctx: Context,
-        expected: str,
+        proofs: Mapping[Endpoint, str],
         before: dict[Endpoint, str],
-    ) -> tuple[Installed, bool]:
-        """Switch the files in, point main.cf at them, check, reload, prove; or undo it all.
-        Returns what was installed and whether Postfix was running (reloaded and probed)."""
+        params: Mapping[str, str] | None = None,
+    ) -> tuple[list[Installed], bool]:
+        """Switch the files in, point main.cf at them (`params`, else what the one switch
+        says), check, reload, prove each endpoint serves its `proofs` certificate; or undo
+        it all. Returns what was installed and whether Postfix was running."""
         txn = Transaction(self.postfix)
-        installed = txn.switch(switch)
         try:
-            log.info("switched in %s", ", ".join(str(f) for f in installed.files))
-            changed = {
-                k: v for k, v in installed.params.items() if ctx.state.effective.get(k, "") != v
-            }
+            for switch in switches:
+                txn.switch(switch)
+        except BaseException:
+            txn.undo()  # only files were switched: main.cf untouched, nothing reloaded
+            raise
+        installed = txn.switched
+        try:
+            log.info("switched in %s", ", ".join(str(f) for i in installed for f in i.files))
+            wanted = params if params is not None else installed[0].params
+            changed = {k: v for k, v in wanted.items() if ctx.state.effective.get(k, "") != v}
             txn.set_main_cf(changed)
             if changed:
                 # Only a main.cf change can break Postfix's configuration; a routine renewal
@@ -311,15 +454,17 @@ class Deployer:
                 self.postfix.check()
             if not self.postfix.reload():
                 return installed, False
-            self._prove(ctx.endpoints, expected)
+            self._prove(proofs)
         except BaseException as exc:
             # Every exit path, a signal included, puts the previous state back.
             roll_back(txn, dict(before), self.settings.probe_timeout, reason=exc)
             raise  # roll_back raised for PftlsError; other exceptions continue as they were
         return installed, True
 
-    def _prove(self, endpoints: Sequence[Endpoint], expected: str) -> None:
-        if endpoints:
+    def _prove(self, proofs: Mapping[Endpoint, str]) -> None:
+        """Each endpoint serves its certificate (one wait per certificate expected)."""
+        for expected in dict.fromkeys(proofs.values()):
+            endpoints = [e for e, sha in proofs.items() if sha == expected]
             probe.wait_for(endpoints, expected, timeout=self.settings.probe_timeout)
             log.info("probe: %s serve the new certificate", ", ".join(map(str, endpoints)))
 
@@ -330,6 +475,11 @@ class Deployer:
             self.install_dir.check()
             pointed = ctx.state.pointed_files()
             name = self.install_dir.lineage_of(pointed)
+            if ctx.selection.several:
+                raise EnvironmentRefusedError(
+                    "main.cf lists several chains: rollback handles one; install the "
+                    "previous version with `install NAME` after certbot's own rollback"
+                )
             if name is None:
                 raise EnvironmentRefusedError(
                     "main.cf does not point into the install dir: nothing to roll back"
@@ -339,13 +489,47 @@ class Deployer:
             )
             bundle = self.verify(files, ctx)
             before = self.served(ctx.endpoints)
-            _, running = self._apply(switch, ctx, bundle.leaf_sha256, before)
+            _, running = self._apply(
+                [switch], ctx, dict.fromkeys(ctx.endpoints, bundle.leaf_sha256), before
+            )
             log.info("%s: rolled back", name)
             proven = tuple(map(str, ctx.endpoints)) if running else ()
             return Outcome(name, "rolled-back", bundle.leaf_sha256, bundle.warnings, proven)
 
-    def _dry_run(self, name: str | None) -> Outcome:
+    def _dry_run_all(self) -> list[Outcome]:
         ctx = self.context()
+        if not ctx.selection.several:
+            return [self._dry_run(None, ctx)]
+        for note in ctx.notes:
+            log.warning("%s", note)
+        layout = self._combined()
+        layout.check(create=False)
+        bundles, outcomes = self._verified_chains(ctx, ctx.selection.lineages)
+        for name, bundle in bundles.items():
+            if layout.holds_file(name, bundle):
+                plan = [f"{name}: already installed"]
+            else:
+                plan = [f"would write {line}" for line in layout.plan(name, chain_files=True)[0]]
+            outcomes[name] = Outcome(
+                name, "dry-run", bundle.leaf_sha256, bundle.warnings, detail=tuple(plan)
+            )
+        chains = self._chain_list(ctx, {n: algorithm_of(b.leaf) for n, b in bundles.items()})
+        value = ", ".join(chains)
+        common = [f"chains: {value or 'none'}"]
+        if ctx.state.effective.get("smtpd_tls_chain_files", "") != value:
+            common.append(f"would run postconf -e 'smtpd_tls_chain_files = {value}'")
+        probes = [str(replace(e, algorithm=a)) for e in ctx.endpoints for a in ALGORITHMS]
+        common.append(
+            "would run postfix reload and probe " + (", ".join(probes) or "nothing")
+            if bundles
+            else "nothing to deploy"
+        )
+        last = ctx.selection.lineages[-1]
+        outcomes[last] = replace(outcomes[last], detail=(*outcomes[last].detail, *common))
+        return [outcomes[n] for n in ctx.selection.lineages]
+
+    def _dry_run(self, name: str | None, ctx: Context | None = None) -> Outcome:
+        ctx = ctx or self.context()
         for note in ctx.notes:
             log.warning("%s", note)
         snapshot, bundle = self.read_and_verify(name, ctx)
@@ -368,4 +552,16 @@ class Deployer:
         return Outcome(name, "dry-run", bundle.leaf_sha256, bundle.warnings, detail=tuple(plan))
 
 
-__all__ = ["Context", "Deployer", "Outcome", "Transaction", "roll_back", "utcnow"]
+def worst(outcomes: Sequence[Outcome]) -> PftlsError | None:
+    """The error that decides a command's result when several lineages were deployed: a
+    failed rollback, then a rolled-back deploy, then anything else, then a refusal."""
+    errors = [o.error for o in outcomes if o.error is not None]
+    for kind in (RollbackFailedError, DeployFailedError):
+        found = next((e for e in errors if isinstance(e, kind)), None)
+        if found is not None:
+            return found
+    others = [e for e in errors if not isinstance(e, RefusedError)]
+    return next(iter(others or errors), None)
+
+
+__all__ = ["Context", "Deployer", "Outcome", "Transaction", "roll_back", "utcnow", "worst"]

@@ -6,6 +6,7 @@ Contract: `install_dir(path, layout)` returns a `Combined` or `Separate` object;
   `undo()` that puts the files back as they were;
 - `holds(name, bundle, pointed)`: do the files main.cf points at hold exactly these bytes?
 - `lineage_of(pointed)`: which lineage main.cf points at, if it points into this dir;
+  `lineages_of(pointed)`: all of them, when main.cf lists several chains (combined only);
 - `previous(name, pointed, chain_files=)`: the version before the current one, as bytes to
   verify again and a switch to it (rollback);
 - `plan(name, chain_files=)`: what `install` would write, and the main.cf values (dry run).
@@ -163,15 +164,22 @@ class Combined(InstallDir):
             None,
         )
 
-    def lineage_of(self, pointed: Sequence[str]) -> str | None:
+    def lineages_of(self, pointed: Sequence[str]) -> list[str]:
         ours = self._ours(pointed)
-        if len(ours) == 1 and ours[0].suffix == ".pem" and not re.search(_STAMP, ours[0].name):
-            return ours[0].name.removesuffix(".pem")
-        return None
+        if all(p.suffix == ".pem" and not re.search(_STAMP, p.name) for p in ours):
+            return [p.name.removesuffix(".pem") for p in ours]
+        return []
+
+    def lineage_of(self, pointed: Sequence[str]) -> str | None:
+        names = self.lineages_of(pointed)
+        return names[0] if len(names) == 1 else None
 
     def holds(self, name: str, bundle: VerifiedBundle, pointed: Sequence[str]) -> bool:
-        current = self.current_path(name)
-        return list(pointed) == [str(current)] and self._holds([current], [bundle.combined_pem()])
+        return list(pointed) == [str(self.current_path(name))] and self.holds_file(name, bundle)
+
+    def holds_file(self, name: str, bundle: VerifiedBundle) -> bool:
+        """Does `<name>.pem` hold exactly these bytes (whatever main.cf says)?"""
+        return self._holds([self.current_path(name)], [bundle.combined_pem()])
 
     def plan(self, name: str, *, chain_files: bool) -> tuple[list[str], dict[str, str]]:
         target = str(self.current_path(name))
@@ -259,6 +267,10 @@ class Combined(InstallDir):
 
 
 class Separate(InstallDir):
+    def lineages_of(self, pointed: Sequence[str]) -> list[str]:
+        name = self.lineage_of(pointed)
+        return [name] if name is not None else []
+
     def lineage_of(self, pointed: Sequence[str]) -> str | None:
         ours = self._ours(pointed)
         if len(ours) != 2:

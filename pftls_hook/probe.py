@@ -9,6 +9,12 @@ nothing. A 454 is retried like a wrong certificate: after a reload an old idle s
 could not load the previous (broken) key may still take one more connection, and giving up
 on its answer would roll a repair back. The client checks no chain or name (that was done
 on the files); it only identifies the leaf. `posttls-finger` is not used: it always exits 0.
+
+An endpoint with an `algorithm` is probed by a client that can accept only that key
+algorithm's certificate: Python's ssl cannot restrict the signature algorithms it offers,
+so the client caps at TLS 1.2 and offers only the cipher suites authenticated by that
+algorithm (`aECDSA`, `aRSA`); in TLS 1.2 the suite decides which certificate the server
+may send, so a server with both chains must answer with the one asked for.
 """
 
 from __future__ import annotations
@@ -25,14 +31,19 @@ from pftls_hook.fsutil import attempts
 
 _RETRY_SECONDS = 0.05
 _HELO_NAME = "pftls-hook.probe"
+_SUITES = {"ecdsa": "aECDSA", "rsa": "aRSA"}  # OpenSSL cipher strings, by key algorithm
 
 
-def _context() -> ssl.SSLContext:
+def _context(algorithm: str | None = None) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # Identification only: the files were verified before install; here we want the leaf
     # whatever it is, to compare fingerprints.
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    if algorithm is not None:
+        # TLS 1.3 suites say nothing of the certificate; 1.2 ones do (module docstring).
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(_SUITES[algorithm])
     return context
 
 
@@ -50,7 +61,7 @@ def fetch(endpoint: Endpoint, *, timeout: float = 5.0) -> bytes:
                 endpoint.port,
                 local_hostname=_HELO_NAME,
                 timeout=timeout,
-                context=_context(),
+                context=_context(endpoint.algorithm),
             )
         else:
             client = smtplib.SMTP(
@@ -70,7 +81,7 @@ def fetch(endpoint: Endpoint, *, timeout: float = 5.0) -> bytes:
                     )
                 if code != 220:
                     raise TlsBrokenError(f"{endpoint}: STARTTLS answered {code}")
-                client.sock = _context().wrap_socket(client.sock)  # type: ignore[arg-type]
+                client.sock = _context(endpoint.algorithm).wrap_socket(client.sock)  # type: ignore[arg-type]
             der: bytes | None = client.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
             with contextlib.suppress(smtplib.SMTPException, OSError):
                 client.quit()  # the certificate is what we came for; QUIT is courtesy

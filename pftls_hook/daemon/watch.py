@@ -425,8 +425,8 @@ class Daemon:
     def _sync(self, now: float) -> None:
         try:
             if self._reconcile:
-                # The selected lineage; a no-op (one probe) when installed and served.
-                outcomes = [self.deployer.deploy(None)]
+                # The selected chains; a no-op (one probe each) when installed and served.
+                outcomes = self.deployer.deploy_all()
             else:
                 outcomes = [self.deployer.deploy(n, only_if_ours=True) for n in sorted(self._dirty)]
         except NotSettledError as exc:
@@ -444,8 +444,12 @@ class Daemon:
         for outcome in outcomes:
             if outcome.action == "skipped":
                 log.info("%s changed; %s: ignored", outcome.lineage, "; ".join(outcome.detail))
-            else:
+            elif outcome.error is None:
                 self._done(outcome)
+        failed = next((o for o in outcomes if o.error is not None), None)
+        if failed is not None:  # several chains: the others went on; retry this one
+            self._reconcile = True
+            self._failed(failed.lineage, str(failed.error), now)
 
     def _done(self, outcome: Outcome) -> None:
         self._serving = outcome.lineage  # deploy() has logged what it did
