@@ -64,6 +64,8 @@ _GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any], str], ...] = (
      "lock shared by every entry point (default /run/pftls-hook/deploy.lock)"),
     (("--hostname",), {"metavar": "NAME", "action": "append"},
      "a name the certificate must cover (repeatable; default Postfix's myhostname)"),
+    (("--sni",), {"metavar": "NAME", "action": "append"},
+     "serve NAME, by SNI, the lineages covering it (repeatable; a table pftls-hook owns)"),
     (("--probe",), {"metavar": "HOST:PORT", "action": "append"},
      "prove here instead of master.cf's TLS services (repeatable; /tls for port 465)"),
     (("--no-probe",), {"action": "store_const", "const": True},
@@ -125,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _FLAG_KEYS = (
     "config", "live_dir", "postfix_config_dir", "install_dir", "ca_file", "lock_file",
-    "hostname", "probe", "no_probe", "probe_timeout", "layout", "min_days", "dry_run",
+    "hostname", "sni", "probe", "no_probe", "probe_timeout", "layout", "min_days", "dry_run",
     "debounce", "reconcile_interval",
 )  # fmt: skip
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -32,10 +33,13 @@ class Endpoint:
     port: int
     implicit_tls: bool = False
     algorithm: str | None = None  # a probe offering only this key algorithm (None: any)
+    servername: str | None = None  # a probe sending this SNI name (None: none)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        offers = f" ({self.algorithm} client)" if self.algorithm else ""
+        client = [f"{self.algorithm} client"] if self.algorithm else []
+        client += [f"SNI {self.servername}"] if self.servername else []
+        offers = f" ({', '.join(client)})" if client else ""
         return f"{host}:{self.port}{'/tls' if self.implicit_tls else ''}{offers}"
 
 
@@ -52,6 +56,7 @@ class Settings:
     layout: str = "combined"
     min_days: int = 1
     lineages: tuple[str, ...] = ()
+    sni: tuple[str, ...] = ()  # names served their own chains by SNI (tls_server_sni_maps)
     dry_run: bool = False
     verbosity: int = 0
     probe_timeout: float = 10.0
@@ -83,6 +88,19 @@ def parse_endpoint(text: str) -> Endpoint:
     return Endpoint(host, int(port), implicit)
 
 
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def parse_sni_name(text: str) -> str:
+    """A name clients send by SNI: a DNS name in A-label form (Postfix looks up the name
+    as sent; IDNs arrive as A-labels), lower-cased."""
+    name = text.strip().lower().removesuffix(".")
+    labels = name.split(".")
+    if len(name) > 253 or len(labels) < 2 or not all(map(_DNS_LABEL.match, labels)):
+        raise UsageError(f"sni: {text!r} is not a DNS name (A-labels, e.g. mail.example.com)")
+    return name
+
+
 def _as_list(value: Any, key: str) -> list[str]:
     if isinstance(value, str):
         return value.replace(",", " ").split()
@@ -99,6 +117,8 @@ def _convert(key: str, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branc
     try:
         if key in ("hostnames", "lineages"):
             return tuple(_as_list(value, key))
+        if key == "sni":
+            return tuple(dict.fromkeys(parse_sni_name(v) for v in _as_list(value, key)))
         if key == "probes":
             return tuple(parse_endpoint(v) for v in _as_list(value, key))
         if key in ("no_probe", "dry_run"):

@@ -28,11 +28,12 @@ import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from cryptography import x509
 
-from pftls_hook import probe
+from pftls_hook import chains, probe, sni
 from pftls_hook.config import Endpoint, Settings
 from pftls_hook.errors import (
     CommandError,
@@ -48,7 +49,7 @@ from pftls_hook.install import Combined, Installed, install_dir
 from pftls_hook.lineage import LineageSnapshot, read_lineage
 from pftls_hook.lock import deploy_lock
 from pftls_hook.postfix import Postfix, PostfixState
-from pftls_hook.select import ALGORITHMS, Selection, algorithm_of, choose
+from pftls_hook.select import Selection, algorithm_of, choose
 from pftls_hook.verify import SourceFiles, VerifiedBundle, load_anchors, verify_bundle
 
 log = logging.getLogger("pftls-hook")
@@ -99,6 +100,7 @@ class Context:
     endpoints: tuple[Endpoint, ...]
     notes: tuple[str, ...]
     selection: Selection
+    sni_table: Mapping[str, list[str]] = field(default_factory=dict)  # pftls-hook's, now
 
 
 class Transaction:
@@ -188,8 +190,10 @@ class Deployer:
             endpoints, skipped = state.probe_endpoints()
             notes.extend(skipped)
         installed = self.install_dir.lineages_of(state.pointed_files())
-        selection = choose(self.settings, hostnames, installed)
-        return Context(state, tuple(hostnames), tuple(endpoints), tuple(notes), selection)
+        table = sni.read(sni.table_path(self.install_dir.path))
+        listed = {name: self.install_dir.lineages_of(files) for name, files in table.items()}
+        selection = choose(self.settings, hostnames, installed, listed)
+        return Context(state, tuple(hostnames), tuple(endpoints), tuple(notes), selection, table)
 
     def anchors(self) -> Sequence[x509.Certificate]:
         path = self.settings.ca_file
@@ -199,23 +203,26 @@ class Deployer:
             raise EnvironmentRefusedError(f"{path}: cannot read CA file: {exc.strerror}") from None
         return load_anchors(data, str(path))
 
-    def verify(self, files: SourceFiles, ctx: Context) -> VerifiedBundle:
+    def verify(
+        self, files: SourceFiles, ctx: Context, hostnames: Sequence[str] = ()
+    ) -> VerifiedBundle:
         return verify_bundle(
             files,
             anchors=self.anchors(),
-            hostnames=ctx.hostnames,
+            hostnames=hostnames or ctx.hostnames,
             now=self.clock(),
             min_days=self.settings.min_days,
         )
 
     def read_and_verify(
-        self, name: str | None, ctx: Context
+        self, name: str | None, ctx: Context, hostnames: Sequence[str] = ()
     ) -> tuple[LineageSnapshot, VerifiedBundle]:
+        """Read a lineage and verify it for `hostnames` (default: the required ones)."""
         name = name or self.selected(ctx)
         snapshot = read_lineage(
             self.settings.live_dir / name, settle_timeout=self.settings.settle_timeout
         )
-        bundle = self.verify(snapshot.files, ctx)
+        bundle = self.verify(snapshot.files, ctx, hostnames)
         for warning in bundle.warnings:
             log.warning("%s: %s", name, warning)
         log.info(
@@ -291,22 +298,15 @@ class Deployer:
     def _verified_chains(
         self, ctx: Context, names: Sequence[str]
     ) -> tuple[dict[str, VerifiedBundle], dict[str, Outcome]]:
-        """Read and verify each lineage; a refused one is an outcome, not a stop."""
+        """Read and verify each lineage for the names it serves; a refused one is an
+        outcome, not a stop."""
         bundles: dict[str, VerifiedBundle] = {}
         refused: dict[str, Outcome] = {}
         for name in names:
             try:
-                _, bundle = self.read_and_verify(name, ctx)
-                algorithm = algorithm_of(bundle.leaf)
-                holder = next(
-                    (c.lineage for c in ctx.selection.chains if c.algorithm == algorithm), name
-                )
-                if holder != name and holder not in names:
-                    # Postfix takes one key per algorithm: the two would fight for the slot.
-                    raise RefusedError(
-                        str(self.settings.live_dir / name),
-                        f"its key is {algorithm}, and {holder} is served for {algorithm}",
-                    )
+                hostnames = ctx.selection.names_of(name, ctx.hostnames) or ctx.hostnames
+                _, bundle = self.read_and_verify(name, ctx, hostnames)
+                self._check_slot(ctx, name, algorithm_of(bundle.leaf), names)
             except NotSettledError:
                 raise  # certbot is at work: wait for it (the daemon does), refuse nothing
             except RefusedError as exc:
@@ -316,21 +316,39 @@ class Deployer:
             bundles[name] = bundle
         return bundles, refused
 
-    def _chain_list(self, ctx: Context, deploying: Mapping[str, str]) -> list[str]:
-        """smtpd_tls_chain_files after deploying `deploying` (lineage -> algorithm): each
-        selected chain whose file is deployed now or already listed; a named lineage takes
-        its algorithm's place; a lineage no longer selected leaves the list."""
+    def _check_slot(self, ctx: Context, name: str, algorithm: str, names: Sequence[str]) -> None:
+        """Postfix takes one key per algorithm and name: refuse a lineage whose key is not
+        the algorithm it was selected for (its key type changed since), or one named by
+        hand whose algorithm another selected lineage serves."""
+        where = str(self.settings.live_dir / name)
+        expected = ctx.selection.algorithms_of(name)
+        if expected and algorithm not in expected:
+            raise RefusedError(where, f"its key is now {algorithm}, selected as {expected.pop()}")
+        holder = next((c.lineage for c in ctx.selection.chains if c.algorithm == algorithm), name)
+        if not expected and holder != name and holder not in names:
+            raise RefusedError(where, f"its key is {algorithm}, and {holder} is served for it")
+
+    def _plan(self, ctx: Context, bundles: Mapping[str, VerifiedBundle]) -> chains.Plan:
         layout = self._combined()
-        pointed = ctx.state.pointed_files()
-        by_algorithm = {c.algorithm: c.lineage for c in ctx.selection.chains}
-        by_algorithm.update({a: n for n, a in deploying.items()})
-        paths = []
-        for algorithm in (*ALGORITHMS, *sorted(set(by_algorithm) - set(ALGORITHMS))):
-            name = by_algorithm.get(algorithm)
-            path = str(layout.current_path(name)) if name else ""
-            if name and (name in deploying or path in pointed):
-                paths.append(path)
-        return paths
+        return chains.plan(
+            ctx.selection,
+            hostnames=ctx.hostnames,
+            endpoints=ctx.endpoints,
+            pointed=ctx.state.pointed_files(),
+            table_now=ctx.sni_table,
+            deploying={n: algorithm_of(b.leaf) for n, b in bundles.items()},
+            path_of=lambda name: str(layout.current_path(name)),
+        )
+
+    def _main_cf_for(self, ctx: Context, plan: chains.Plan) -> dict[str, str]:
+        values = {}
+        if plan.chain_files:
+            values["smtpd_tls_chain_files"] = ", ".join(plan.chain_files)
+        if plan.table:
+            current = ctx.state.effective.get(sni.PARAM, "")
+            tables = sni.pointing(sni.table_path(self.install_dir.path), current)
+            values[sni.PARAM] = current if tables is None else tables
+        return values
 
     def _deploy_chains(self, ctx: Context, names: Sequence[str]) -> list[Outcome]:
         bundles, outcomes = self._verified_chains(ctx, names)
@@ -349,23 +367,23 @@ class Deployer:
         layout = self._combined()
         layout.check(create=True)
         layout.clean_temps()
-        algorithms = {n: algorithm_of(b.leaf) for n, b in bundles.items()}
-        # One probe per (endpoint, algorithm): a client that accepts only that chain.
-        targets = {
-            n: [replace(e, algorithm=a) for e in ctx.endpoints] for n, a in algorithms.items()
-        }
-        proofs = {t: bundles[n].leaf_sha256 for n, ts in targets.items() for t in ts}
+        plan = self._plan(ctx, bundles)
+        proofs = {e: bundles[n].leaf_sha256 for n, es in plan.probes.items() for e in es}
         before = self.served(list(proofs))
-        chain_files = ", ".join(self._chain_list(ctx, algorithms))
-        params = {"smtpd_tls_chain_files": chain_files}
-        pointed = ctx.state.pointed_files()
+        params = self._main_cf_for(ctx, plan)
+        table_path = sni.table_path(layout.path)
+        table = sni.render(plan.table) if plan.table else None
         todo = [n for n, b in bundles.items() if not layout.holds_file(n, b)]
-        listed = pointed == chain_files.split(", ")
         done = {
-            n: Outcome(n, "deployed", b.leaf_sha256, b.warnings, tuple(map(str, targets[n])))
+            n: Outcome(n, "deployed", b.leaf_sha256, b.warnings, tuple(map(str, plan.probes[n])))
             for n, b in bundles.items()
         }
-        if not todo and listed:
+        switches: list[Callable[[], Installed]] = [
+            partial(layout.install, n, bundles[n], chain_files=True) for n in todo
+        ]
+        if table is not None and table != sni.current_bytes(table_path):
+            switches.append(partial(sni.switch, table_path, table))
+        if not switches and all(ctx.state.effective.get(k, "") == v for k, v in params.items()):
             if all(before.get(t) == sha for t, sha in proofs.items()):
                 log.info("%s: already installed and served: nothing to do", ", ".join(bundles))
                 return {n: replace(o, action="unchanged") for n, o in done.items()}
@@ -373,9 +391,9 @@ class Deployer:
                 return {n: self._not_running(o) for n, o in done.items()}
             self._prove(proofs)
             return {n: replace(o, action="reloaded") for n, o in done.items()}
-        switches = [(lambda n=n: layout.install(n, bundles[n], chain_files=True)) for n in todo]
         installed, running = self._apply(switches, ctx, proofs, before, params)
-        keep = {*map(Path, pointed), *(f for i in installed for f in i.files)}
+        keep = {*map(Path, ctx.state.pointed_files()), *(f for i in installed for f in i.files)}
+        keep.update(Path(f) for files in ctx.sni_table.values() for f in files)
         keep.update(i.previous for i in installed if i.previous is not None)
         for name in todo:
             for removed in layout.prune(name, keep):
@@ -504,7 +522,8 @@ class Deployer:
             log.warning("%s", note)
         layout = self._combined()
         layout.check(create=False)
-        bundles, outcomes = self._verified_chains(ctx, ctx.selection.lineages)
+        names = ctx.selection.lineages
+        bundles, outcomes = self._verified_chains(ctx, names)
         for name, bundle in bundles.items():
             if layout.holds_file(name, bundle):
                 plan = [f"{name}: already installed"]
@@ -513,20 +532,24 @@ class Deployer:
             outcomes[name] = Outcome(
                 name, "dry-run", bundle.leaf_sha256, bundle.warnings, detail=tuple(plan)
             )
-        chains = self._chain_list(ctx, {n: algorithm_of(b.leaf) for n, b in bundles.items()})
-        value = ", ".join(chains)
-        common = [f"chains: {value or 'none'}"]
-        if ctx.state.effective.get("smtpd_tls_chain_files", "") != value:
-            common.append(f"would run postconf -e 'smtpd_tls_chain_files = {value}'")
-        probes = [str(replace(e, algorithm=a)) for e in ctx.endpoints for a in ALGORITHMS]
+        served = self._plan(ctx, bundles)
+        common = [f"chains: {', '.join(served.chain_files) or 'none'}"]
+        common += [f"SNI {name}: {', '.join(files)}" for name, files in served.table.items()]
+        table = sni.render(served.table) if served.table else None
+        if table is not None and table != sni.current_bytes(sni.table_path(layout.path)):
+            common.append(f"would write {sni.table_path(layout.path)} (0600)")
+        for key, value in self._main_cf_for(ctx, served).items():
+            if ctx.state.effective.get(key, "") != value:
+                common.append(f"would run postconf -e '{key} = {value}'")
+        probes = [str(e) for es in served.probes.values() for e in es]
         common.append(
             "would run postfix reload and probe " + (", ".join(probes) or "nothing")
             if bundles
             else "nothing to deploy"
         )
-        last = ctx.selection.lineages[-1]
+        last = names[-1]
         outcomes[last] = replace(outcomes[last], detail=(*outcomes[last].detail, *common))
-        return [outcomes[n] for n in ctx.selection.lineages]
+        return [outcomes[n] for n in names]
 
     def _dry_run(self, name: str | None, ctx: Context | None = None) -> Outcome:
         ctx = ctx or self.context()

@@ -14,7 +14,8 @@ An endpoint with an `algorithm` is probed by a client that can accept only that 
 algorithm's certificate: Python's ssl cannot restrict the signature algorithms it offers,
 so the client caps at TLS 1.2 and offers only the cipher suites authenticated by that
 algorithm (`aECDSA`, `aRSA`); in TLS 1.2 the suite decides which certificate the server
-may send, so a server with both chains must answer with the one asked for.
+may send, so a server with both chains must answer with the one asked for. An endpoint
+with a `servername` sends that name by SNI (tls_server_sni_maps answers it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import smtplib
+import socket
 import ssl
 from collections.abc import Sequence
 
@@ -55,36 +57,10 @@ def served(endpoint: Endpoint, *, timeout: float = 5.0) -> str:
 def fetch(endpoint: Endpoint, *, timeout: float = 5.0) -> bytes:
     """The DER leaf certificate the endpoint serves."""
     try:
-        if endpoint.implicit_tls:
-            client: smtplib.SMTP = smtplib.SMTP_SSL(
-                endpoint.host,
-                endpoint.port,
-                local_hostname=_HELO_NAME,
-                timeout=timeout,
-                context=_context(endpoint.algorithm),
-            )
+        if endpoint.implicit_tls and endpoint.servername:
+            der = _implicit_tls(endpoint, timeout)
         else:
-            client = smtplib.SMTP(
-                endpoint.host, endpoint.port, local_hostname=_HELO_NAME, timeout=timeout
-            )
-        with client:
-            if not endpoint.implicit_tls:
-                client.ehlo()
-                if not client.has_extn("starttls"):
-                    raise TlsBrokenError(f"{endpoint}: STARTTLS not offered after EHLO")
-                code, message = client.docmd("STARTTLS")
-                if code == 454:
-                    text = message.decode(errors="replace")
-                    raise TlsBrokenError(
-                        f"{endpoint}: STARTTLS refused with 454 ({text}): "
-                        "smtpd could not load its key or certificate"
-                    )
-                if code != 220:
-                    raise TlsBrokenError(f"{endpoint}: STARTTLS answered {code}")
-                client.sock = _context(endpoint.algorithm).wrap_socket(client.sock)  # type: ignore[arg-type]
-            der: bytes | None = client.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
-            with contextlib.suppress(smtplib.SMTPException, OSError):
-                client.quit()  # the certificate is what we came for; QUIT is courtesy
+            der = _smtp(endpoint, timeout)
     except ProbeError:
         raise
     except ssl.SSLError as exc:
@@ -94,6 +70,51 @@ def fetch(endpoint: Endpoint, *, timeout: float = 5.0) -> bytes:
     if not der:
         raise TlsBrokenError(f"{endpoint}: no certificate served")
     return der
+
+
+def _smtp(endpoint: Endpoint, timeout: float) -> bytes | None:
+    if endpoint.implicit_tls:
+        client: smtplib.SMTP = smtplib.SMTP_SSL(
+            endpoint.host,
+            endpoint.port,
+            local_hostname=_HELO_NAME,
+            timeout=timeout,
+            context=_context(endpoint.algorithm),
+        )
+    else:
+        client = smtplib.SMTP(
+            endpoint.host, endpoint.port, local_hostname=_HELO_NAME, timeout=timeout
+        )
+    with client:
+        if not endpoint.implicit_tls:
+            client.ehlo()
+            if not client.has_extn("starttls"):
+                raise TlsBrokenError(f"{endpoint}: STARTTLS not offered after EHLO")
+            code, message = client.docmd("STARTTLS")
+            if code == 454:
+                text = message.decode(errors="replace")
+                raise TlsBrokenError(
+                    f"{endpoint}: STARTTLS refused with 454 ({text}): "
+                    "smtpd could not load its key or certificate"
+                )
+            if code != 220:
+                raise TlsBrokenError(f"{endpoint}: STARTTLS answered {code}")
+            client.sock = _context(endpoint.algorithm).wrap_socket(
+                client.sock,  # type: ignore[arg-type]
+                server_hostname=endpoint.servername,
+            )
+        der: bytes | None = client.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            client.quit()  # the certificate is what we came for; QUIT is courtesy
+    return der
+
+
+def _implicit_tls(endpoint: Endpoint, timeout: float) -> bytes | None:
+    """TLS from the first byte, with SNI: smtplib's SMTP_SSL would send the address."""
+    with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout) as raw:
+        context = _context(endpoint.algorithm)
+        with context.wrap_socket(raw, server_hostname=endpoint.servername) as tls:
+            return tls.getpeercert(binary_form=True)
 
 
 def wait_for(endpoints: Sequence[Endpoint], expected: str | None, *, timeout: float) -> None:

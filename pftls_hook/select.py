@@ -22,12 +22,17 @@ and ECDSA take part: they are what ACME CAs issue and what the probe can tell ap
 lineage with another key (Ed25519) is a candidate only when no RSA or ECDSA one is. When
 an installed lineage decides its algorithm, the others are read without waiting for
 certbot (a half-renewed unrelated lineage must not stall every deploy hook).
+
+SNI (`sni` names): each name is served the lineages covering it, by the same rule per
+algorithm, `installed` being what pftls-hook's SNI table lists for it now. Each leaf is
+read once per command, and names are matched through an index of the leaves' names, so a
+thousand names cost one pass over live/.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -38,7 +43,7 @@ from pftls_hook.config import Settings
 from pftls_hook.errors import NotSettledError, RefusedError
 from pftls_hook.fsutil import attempts
 from pftls_hook.lineage import list_lineages, read_leaf
-from pftls_hook.verify import covers, parse_certificates
+from pftls_hook.verify import dns_names, name_covers, parse_certificates
 
 log = logging.getLogger("pftls-hook")
 
@@ -71,18 +76,37 @@ class Selection:
     configured: tuple[str, ...] = ()
     installed: tuple[str, ...] = ()  # the lineages main.cf points at now
     chains: tuple[Chain, ...] = ()  # ALGORITHMS order; () when `lineage` is None
+    sni: tuple[tuple[str, tuple[Chain, ...]], ...] = ()  # per SNI name, its chains
+    sni_installed: bool = False  # pftls-hook's SNI table lists something now
 
     @property
     def lineages(self) -> tuple[str, ...]:
-        return tuple(c.lineage for c in self.chains)
+        """Every lineage selected: the default chains', then the SNI names'."""
+        every = [c.lineage for c in self.chains]
+        every += [c.lineage for _, chains in self.sni for c in chains]
+        return tuple(dict.fromkeys(every))
 
     @property
     def several(self) -> bool:
-        """Several chains, now or before: the deploy manages smtpd_tls_chain_files."""
-        return len(self.chains) > 1 or len(self.installed) > 1
+        """Several chains or SNI, now or before: the deploy manages smtpd_tls_chain_files
+        (and the SNI table)."""
+        return (
+            len(self.chains) > 1
+            or len(self.installed) > 1
+            or bool(self.sni)
+            or (self.sni_installed)
+        )
 
-    def algorithm(self, name: str) -> str | None:
-        return next((c.algorithm for c in self.chains if c.lineage == name), None)
+    def names_of(self, lineage: str, default: Sequence[str]) -> list[str]:
+        """The names a lineage is served for: the `default` hostnames for a default chain,
+        and each SNI name it serves."""
+        names = list(default) if lineage in (c.lineage for c in self.chains) else []
+        names += [n for n, chains in self.sni if lineage in (c.lineage for c in chains)]
+        return list(dict.fromkeys(names))
+
+    def algorithms_of(self, lineage: str) -> set[str]:
+        chains = [*self.chains, *(c for _, cs in self.sni for c in cs)]
+        return {c.algorithm for c in chains if c.lineage == lineage}
 
     def ours(self, name: str) -> bool:
         """Should a renewal of `name` be deployed? When it is one selected; and when no
@@ -105,44 +129,96 @@ def leaf_of(settings: Settings, name: str, *, wait: bool = True) -> x509.Certifi
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def _qualifies(
-    settings: Settings, name: str, hostnames: Sequence[str], *, wait: bool = True
-) -> x509.Certificate | None:
-    try:
-        leaf = leaf_of(settings, name, wait=wait)
-    except RefusedError as exc:
-        log.info("%s: not considered now: %s", name, exc)
+class _Leaves:
+    """Each lineage's leaf, read once per command (None: not usable now)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.seen: dict[str, x509.Certificate | None] = {}
+
+    def get(self, name: str, *, wait: bool = True) -> x509.Certificate | None:
+        if name not in self.seen:
+            try:
+                self.seen[name] = leaf_of(self.settings, name, wait=wait)
+            except RefusedError as exc:
+                log.info("%s: not considered now: %s", name, exc)
+                self.seen[name] = None
+        return self.seen[name]
+
+
+def _best(
+    leaves: _Leaves,
+    candidates: Sequence[str],
+    hostnames: Sequence[str],
+    installed: Sequence[str],
+    *,
+    any_names: bool = False,
+) -> tuple[Chain, ...]:
+    """The chains for `hostnames`: per algorithm, an installed lineage that still covers
+    them (rule 2), else the longest valid (rule 3); `any_names`: configured lineages
+    qualify whatever they cover (rule 1)."""
+
+    def qualifies(name: str, wait: bool) -> x509.Certificate | None:
+        leaf = leaves.get(name, wait=wait)
+        if leaf is not None and (any_names or all(covers_name(leaf, h) for h in hostnames)):
+            return leaf
         return None
-    if settings.lineages or all(covers(leaf, h) for h in hostnames):
-        return leaf
-    return None
 
-
-def choose(settings: Settings, hostnames: Sequence[str], installed: Sequence[str]) -> Selection:
-    configured = settings.lineages
-    # Per algorithm: (installed, not after, name); the greatest wins, so an installed lineage
-    # that still qualifies beats a longer-valid one (rule 2), then the longest valid (rule 3).
+    # Per algorithm: (installed, not after, name); the greatest wins.
     best: dict[str, tuple[bool, datetime, str]] = {}
     for name in installed:
-        if not configured or name in configured:
-            leaf = _qualifies(settings, name, hostnames)
-            if leaf is not None:
-                best.setdefault(algorithm_of(leaf), (True, leaf.not_valid_after_utc, name))
-    for name in configured or list_lineages(settings.live_dir):
-        if name in installed:
-            continue
-        leaf = _qualifies(settings, name, hostnames, wait=not best)
-        if leaf is None:
+        if name in candidates and (leaf := qualifies(name, True)) is not None:
+            best.setdefault(algorithm_of(leaf), (True, leaf.not_valid_after_utc, name))
+    for name in candidates:
+        if name in installed or (leaf := qualifies(name, not best)) is None:
             continue
         candidate = (False, leaf.not_valid_after_utc, name)
         algorithm = algorithm_of(leaf)
         if algorithm not in best or candidate > best[algorithm]:
             best[algorithm] = candidate
     kept = [a for a in ALGORITHMS if a in best] or [a for a in (_OTHER,) if a in best]
-    if settings.layout != "combined":
+    if leaves.settings.layout != "combined":
         kept = kept[:1]  # several chains need the combined layout (one file per chain)
-    chains = tuple(Chain(a, best[a][2]) for a in kept)
+    return tuple(Chain(a, best[a][2]) for a in kept)
+
+
+def covers_name(leaf: x509.Certificate, hostname: str) -> bool:
+    return name_covers(dns_names(leaf), hostname)
+
+
+def _sni_chains(
+    leaves: _Leaves, candidates: Sequence[str], installed: Mapping[str, Sequence[str]]
+) -> tuple[tuple[str, tuple[Chain, ...]], ...]:
+    # An index of the names each readable candidate covers (a wildcard under its pattern).
+    index: dict[str, list[str]] = {}
+    for name in candidates:
+        leaf = leaves.get(name, wait=False)
+        for covered in dns_names(leaf) if leaf is not None else ():
+            index.setdefault(covered.lower().rstrip("."), []).append(name)
+    sni = []
+    for host in leaves.settings.sni:
+        parent = host.partition(".")[2]
+        near = dict.fromkeys([*index.get(host, ()), *index.get(f"*.{parent}", ())])
+        now = installed.get(host, ())
+        sni.append((host, _best(leaves, [*now, *near], [host], now)))
+    return tuple(sni)
+
+
+def choose(
+    settings: Settings,
+    hostnames: Sequence[str],
+    installed: Sequence[str],
+    sni_installed: Mapping[str, Sequence[str]] | None = None,
+) -> Selection:
+    """`sni_installed`: what the SNI table lists now, name -> lineages."""
+    configured = settings.lineages
+    leaves = _Leaves(settings)
+    candidates = list(configured or list_lineages(settings.live_dir))
+    chains = _best(leaves, candidates, hostnames, installed, any_names=bool(configured))
+    sni = _sni_chains(leaves, candidates, sni_installed or {}) if settings.sni else ()
+    listed = bool(sni_installed)
     if not chains:
         wanted = ", ".join(configured or hostnames)
-        return Selection(None, f"no lineage to deploy for {wanted}", configured, tuple(installed))
-    return Selection(chains[0].lineage, "", configured, tuple(installed), chains)
+        why = f"no lineage to deploy for {wanted}"
+        return Selection(None, why, configured, tuple(installed), (), sni, listed)
+    return Selection(chains[0].lineage, "", configured, tuple(installed), chains, sni, listed)

@@ -1,0 +1,140 @@
+"""SNI: `--sni NAME` serves each name the lineage covering it through a texthash table
+pftls-hook owns (`<install dir>/sni.map`, named by tls_server_sni_maps), the default chain
+for every other client. What each client gets is judged by `openssl s_client -servername`
+against a real private Postfix 3.7."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.support import lineage as fake
+from tests.support import sclient
+from tests.support.pki import CA, Leaf
+from tests.support.postfix import PostfixInstance
+from tests.support.tool import NAME, Tool, assert_exit
+
+HOST = "127.0.0.1"
+ONE, TWO = "mx.one.example", "mx.two.example"  # SNI names; lineages are named after them
+EXIT_OK, EXIT_REFUSED = 0, 3
+
+
+@pytest.fixture(scope="module")
+def inter() -> CA:
+    return CA.root("pftls sni-test root").intermediate("pftls sni-test intermediate")
+
+
+@pytest.fixture
+def tool(postfix: PostfixInstance, tmp_path: Path, inter: CA) -> Tool:
+    ca_file = tmp_path / "root.pem"
+    assert inter.parent is not None
+    ca_file.write_bytes(inter.parent.cert_pem)
+    return Tool(postfix, tmp_path, ca_file)
+
+
+def sha(leaf: Leaf) -> str:
+    return hashlib.sha256(leaf.cert_der).hexdigest()
+
+
+def shown(tool: Tool, servername: str | None) -> str:
+    return sclient.served_sha256(HOST, tool.postfix.port, sclient.ECDSA_ONLY, servername=servername)
+
+
+def sni(*names: str) -> list[str]:
+    return [arg for name in names for arg in ("--sni", name)]
+
+
+def table(tool: Tool) -> Path:
+    return tool.install_dir / "sni.map"
+
+
+def lineages(tool: Tool, inter: CA) -> dict[str, Leaf]:
+    leaves = {n: inter.issue(n) for n in (NAME, ONE, TWO)}
+    for name, leaf in leaves.items():
+        tool.lineage(leaf, name=name)
+    return leaves
+
+
+def test_each_sni_name_gets_its_lineage_and_other_clients_the_default(
+    tool: Tool, inter: CA
+) -> None:
+    leaves = lineages(tool, inter)
+
+    result = tool.run(*sni(ONE, TWO), "install")
+
+    assert_exit(result, EXIT_OK)
+    assert shown(tool, ONE) == sha(leaves[ONE])
+    assert shown(tool, TWO) == sha(leaves[TWO])
+    assert shown(tool, NAME) == sha(leaves[NAME])
+    assert shown(tool, None) == sha(leaves[NAME])
+    assert shown(tool, "unknown.example") == sha(leaves[NAME])
+    maps = tool.postfix.postconf("-h", "tls_server_sni_maps").strip()
+    assert maps == f"texthash:{table(tool)}"
+    entries = {line.split()[0] for line in table(tool).read_text().splitlines()[1:]}
+    assert entries == {ONE, TWO, NAME}  # the default name too: no SNI mismatch logged
+    st = os.stat(table(tool))
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+    # pftls-hook proved each name with SNI itself.
+    assert f"SNI {ONE}" in result.stderr and f"SNI {TWO}" in result.stderr
+
+    again = tool.run(*sni(ONE, TWO), "install")
+    assert_exit(again, EXIT_OK)
+    assert again.stderr.count("unchanged") == 3, again.stderr
+
+
+def test_renewal_of_an_sni_lineage_changes_the_sni_answer(tool: Tool, inter: CA) -> None:
+    # The stale-map failure: with a `postmap -F` table Postfix would keep the old copy.
+    leaves = lineages(tool, inter)
+    assert_exit(tool.run(*sni(ONE, TWO), "install"), EXIT_OK)
+    main_cf, map_bytes = tool.postfix.main_cf_bytes(), table(tool).read_bytes()
+
+    renewed = inter.issue(ONE)
+    tool.lineage(renewed, 2, name=ONE)
+    result = tool.run(
+        *sni(ONE, TWO), "deploy-hook", env={"RENEWED_LINEAGE": str(tool.live_dir / ONE)}
+    )
+
+    assert_exit(result, EXIT_OK)
+    assert shown(tool, ONE) == sha(renewed)  # proven before the hook returned
+    assert shown(tool, TWO) == sha(leaves[TWO])
+    assert shown(tool, None) == sha(leaves[NAME])
+    assert tool.postfix.main_cf_bytes() == main_cf
+    assert table(tool).read_bytes() == map_bytes  # texthash: nothing to rebuild
+
+
+def test_a_broken_sni_lineage_is_refused_while_the_others_deploy(tool: Tool, inter: CA) -> None:
+    leaves = lineages(tool, inter)
+    assert_exit(tool.run(*sni(ONE, TWO), "install"), EXIT_OK)
+
+    broken, stranger = inter.issue(ONE), inter.issue(ONE)
+    fake.renew(
+        tool.config_dir, ONE, 2,
+        cert_pem=broken.cert_pem, chain_pem=broken.chain_pem, privkey_pem=stranger.key_pem(),
+    )  # fmt: skip
+    two = inter.issue(TWO)
+    tool.lineage(two, 2, name=TWO)
+    result = tool.run(*sni(ONE, TWO), "install")
+
+    assert_exit(result, EXIT_REFUSED)
+    assert f"{ONE}: refused" in result.stderr and f"{TWO}: deployed" in result.stderr
+    assert shown(tool, ONE) == sha(leaves[ONE])
+    assert shown(tool, TWO) == sha(two)
+    assert shown(tool, None) == sha(leaves[NAME])
+
+
+def test_removing_a_name_from_sni_removes_it_from_the_table(tool: Tool, inter: CA) -> None:
+    leaves = lineages(tool, inter)
+    assert_exit(tool.run(*sni(ONE, TWO), "install"), EXIT_OK)
+    assert shown(tool, TWO) == sha(leaves[TWO])
+
+    result = tool.run(*sni(ONE), "install")
+
+    assert_exit(result, EXIT_OK)
+    entries = {line.split()[0] for line in table(tool).read_text().splitlines()[1:]}
+    assert entries == {ONE, NAME}
+    assert shown(tool, TWO) == sha(leaves[NAME])
+    assert shown(tool, ONE) == sha(leaves[ONE])
