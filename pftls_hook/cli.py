@@ -56,7 +56,8 @@ log = logging.getLogger("pftls-hook")
 _GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any], str], ...] = (
     (("--config",), {"metavar": "FILE"}, "TOML config file (default /etc/pftls-hook/config.toml)"),
     (("--live-dir",), {"metavar": "DIR"}, "certbot's live dir (default /etc/letsencrypt/live)"),
-    (("--postfix-config-dir",), {"metavar": "DIR"}, "Postfix instance (default /etc/postfix)"),
+    (("--postfix-config-dir",), {"metavar": "DIR", "action": "append"},
+     "Postfix instance (default /etc/postfix; repeatable: each gets the same deploy)"),
     (("--install-dir",), {"metavar": "DIR"}, "where keys and chains go (default /etc/postfix/tls)"),
     (("--ca-file",), {"metavar": "FILE"},
      "trust anchors the chain must lead to (default the system bundle)"),

@@ -47,6 +47,7 @@ class Endpoint:
 class Settings:
     live_dir: Path = Path("/etc/letsencrypt/live")
     postfix_config_dir: Path = Path("/etc/postfix")
+    postfix_config_dirs: tuple[Path, ...] = ()  # several instances (the first is the one above)
     install_dir: Path = Path("/etc/postfix/tls")
     ca_file: Path = Path("/etc/ssl/certs/ca-certificates.crt")
     lock_file: Path = Path("/run/pftls-hook/deploy.lock")
@@ -69,6 +70,11 @@ class Settings:
     @property
     def certbot_config_dir(self) -> Path:
         return self.live_dir.parent
+
+    @property
+    def instances(self) -> tuple[Path, ...]:
+        """The Postfix instances each deploy serves, the first deciding the selection."""
+        return self.postfix_config_dirs or (self.postfix_config_dir,)
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -117,6 +123,8 @@ def _convert(key: str, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branc
     try:
         if key in ("hostnames", "lineages"):
             return tuple(_as_list(value, key))
+        if key == "postfix_config_dirs":
+            return tuple(dict.fromkeys(Path(v) for v in _as_list(value, key)))
         if key == "sni":
             return tuple(dict.fromkeys(parse_sni_name(v) for v in _as_list(value, key)))
         if key == "probes":
@@ -200,5 +208,12 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Setti
         if raw == "config" or value is None:
             continue
         key = _key(raw)
+        if key == "postfix_config_dir" and isinstance(value, list):
+            # --postfix-config-dir, repeatable: several give the instances.
+            key = "postfix_config_dirs" if len(value) > 1 else key
+            values[key] = _convert(key, value if len(value) > 1 else value[0])
+            continue
         values[key] = _convert(key, value)
+    if values.get("postfix_config_dirs"):
+        values["postfix_config_dir"] = values["postfix_config_dirs"][0]
     return replace(Settings(), config_file=path, **values)

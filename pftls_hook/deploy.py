@@ -92,8 +92,18 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Instance:
+    """One Postfix instance as read for this command, and where its clients meet TLS."""
+
+    postfix: Postfix
+    state: PostfixState
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True)
 class Context:
-    """What one command decides on, read once (under the lock when it deploys)."""
+    """What one command decides on, read once (under the lock when it deploys). `state` is
+    the first instance's (it decides the selection); `endpoints` are every instance's."""
 
     state: PostfixState
     hostnames: tuple[str, ...]
@@ -101,33 +111,42 @@ class Context:
     notes: tuple[str, ...]
     selection: Selection
     sni_table: Mapping[str, list[str]] = field(default_factory=dict)  # pftls-hook's, now
+    instances: tuple[Instance, ...] = ()
+
+    def pointing_everywhere(self, values: Mapping[str, str]) -> bool:
+        """Does every instance's main.cf already say `values`?"""
+        return all(
+            i.state.effective.get(k, "") == v for i in self.instances for k, v in values.items()
+        )
 
 
 class Transaction:
     """What a deploy (or configure) changed so far, and the one way to undo it: main.cf
-    values back as main.cf had them, then the files back."""
+    values back as each instance's main.cf had them, then the files back."""
 
-    def __init__(self, postfix: Postfix) -> None:
+    def __init__(self, postfix: Postfix, *others: Postfix) -> None:
         self.postfix = postfix
+        self.postfixes = (postfix, *others)
         self.switched: list[Installed] = []
-        self.main_cf_before: dict[str, str] = {}
-        self.main_cf_names: list[str] = []
+        self.main_cf: list[tuple[Postfix, dict[str, str], list[str]]] = []
 
     def switch(self, do: Callable[[], Installed]) -> Installed:
         with _signals_held():
             self.switched.append(do())
         return self.switched[-1]  # a SIGTERM held meanwhile arrives here, where undo knows it
 
-    def set_main_cf(self, values: dict[str, str]) -> None:
+    def set_main_cf(self, values: dict[str, str], postfix: Postfix | None = None) -> None:
         if values:
-            self.main_cf_before = self.postfix.explicit(*values)
-            self.main_cf_names = list(values)
-            log.info("main.cf: %s", ", ".join(f"{k} = {v}" for k, v in values.items()))
-            self.postfix.set(values)
+            target = postfix or self.postfix
+            self.main_cf.append((target, target.explicit(*values), list(values)))
+            where = f" ({target.config_dir})" if len(self.postfixes) > 1 else ""
+            log.info("main.cf%s: %s", where, ", ".join(f"{k} = {v}" for k, v in values.items()))
+            target.set(values)
 
     def undo(self) -> None:
-        if self.main_cf_names:
-            self.postfix.restore(self.main_cf_before, self.main_cf_names)
+        while self.main_cf:
+            target, before, names = self.main_cf.pop()
+            target.restore(before, names)
         while self.switched:
             self.switched.pop().undo()
 
@@ -146,16 +165,17 @@ def roll_back(
     log.error("%s failed: %s; rolling back", what, reason)
     try:
         txn.undo()
-        try:
-            running = txn.postfix.reload()
-        except CommandError as exc:
-            # Often the very failure being rolled back. The rollback still holds if every
-            # endpoint is proven to serve what it did before (smtpd picks the restored files
-            # up as it restarts); with nothing to prove it by, it fails.
-            if not before:
-                raise
-            log.warning("rollback: %s; probing for the previous certificate anyway", exc)
-            running = True
+        running = True
+        for postfix in txn.postfixes:  # every instance, even after one failed
+            try:
+                running = postfix.reload() and running
+            except CommandError as exc:
+                # Often the very failure being rolled back. The rollback still holds if every
+                # endpoint is proven to serve what it did before (smtpd picks the restored
+                # files up as it restarts); with nothing to prove it by, it fails.
+                if not before:
+                    raise
+                log.warning("rollback: %s; probing for the previous certificate anyway", exc)
         for endpoint, sha in before.items() if running else ():
             probe.wait_for([endpoint], sha, timeout=probe_timeout)
     except (PftlsError, OSError) as exc:
@@ -170,30 +190,58 @@ def roll_back(
 
 class Deployer:
     def __init__(
-        self, settings: Settings, *, postfix: Postfix | None = None, clock: Clock = utcnow
+        self,
+        settings: Settings,
+        *,
+        postfix: Postfix | None = None,
+        postfixes: Sequence[Postfix] = (),
+        clock: Clock = utcnow,
     ) -> None:
         self.settings = settings
-        self.postfix = postfix or Postfix(settings.postfix_config_dir)
+        # Several instances: each gets the same deploy; the first decides the selection.
+        self.postfixes = list(postfixes) or (
+            [postfix] if postfix else [Postfix(d) for d in settings.instances]
+        )
+        self.postfix = self.postfixes[0]
         self.install_dir = install_dir(settings.install_dir, settings.layout)
         self.clock = clock
 
     # -- reading --------------------------------------------------------------------------
-    def context(self) -> Context:
-        state = self.postfix.state()
-        hostnames = self.settings.hostnames or (state.myhostname,)
-        notes = [f"{o} overrides main.cf for that service" for o in state.tls_overrides()]
+    def _instance(self, postfix: Postfix, first: bool, notes: list[str]) -> Instance:
+        state = postfix.state()
+        where = "" if len(self.postfixes) == 1 else f"{postfix.config_dir}: "
+        notes += [f"{where}{o} overrides main.cf for that service" for o in state.tls_overrides()]
         for extra in ("smtpd_tls_eccert_file", "smtpd_tls_dcert_file"):
             if state.effective.get(extra) and not state.uses_chain_files:
-                notes.append(f"main.cf {extra} is set too: some clients may be served that one")
-        endpoints: list[Endpoint] = list(self.settings.probes)
-        if not endpoints and not self.settings.no_probe:
+                notes.append(
+                    f"{where}main.cf {extra} is set too: some clients may be served that one"
+                )
+        # --probe names endpoints for the whole deploy: the first instance carries them.
+        endpoints: list[Endpoint] = list(self.settings.probes) if first else []
+        if not self.settings.probes and not self.settings.no_probe:
             endpoints, skipped = state.probe_endpoints()
-            notes.extend(skipped)
+            notes.extend(where + s for s in skipped)
+        return Instance(postfix, state, tuple(endpoints))
+
+    def context(self) -> Context:
+        notes: list[str] = []
+        instances = [self._instance(p, i == 0, notes) for i, p in enumerate(self.postfixes)]
+        state = instances[0].state
+        hostnames = self.settings.hostnames or (state.myhostname,)
+        endpoints = list(dict.fromkeys(e for i in instances for e in i.endpoints))
         installed = self.install_dir.lineages_of(state.pointed_files())
         table = sni.read(sni.table_path(self.install_dir.path))
         listed = {name: self.install_dir.lineages_of(files) for name, files in table.items()}
         selection = choose(self.settings, hostnames, installed, listed)
-        return Context(state, tuple(hostnames), tuple(endpoints), tuple(notes), selection, table)
+        return Context(
+            state,
+            tuple(hostnames),
+            tuple(endpoints),
+            tuple(notes),
+            selection,
+            table,
+            tuple(instances),
+        )
 
     def anchors(self) -> Sequence[x509.Certificate]:
         path = self.settings.ca_file
@@ -383,13 +431,14 @@ class Deployer:
         ]
         if table is not None and table != sni.current_bytes(table_path):
             switches.append(partial(sni.switch, table_path, table))
-        if not switches and all(ctx.state.effective.get(k, "") == v for k, v in params.items()):
+        if not switches and ctx.pointing_everywhere(params):
             if all(before.get(t) == sha for t, sha in proofs.items()):
                 log.info("%s: already installed and served: nothing to do", ", ".join(bundles))
                 return {n: replace(o, action="unchanged") for n, o in done.items()}
-            if not self.postfix.reload():
+            up = self._reload(ctx)
+            if not up:
                 return {n: self._not_running(o) for n, o in done.items()}
-            self._prove(proofs)
+            self._prove(proofs, up)
             return {n: replace(o, action="reloaded") for n, o in done.items()}
         installed, running = self._apply(switches, ctx, proofs, before, params)
         keep = {*map(Path, ctx.state.pointed_files()), *(f for i in installed for f in i.files)}
@@ -407,15 +456,18 @@ class Deployer:
         expected = bundle.leaf_sha256
         done = Outcome(name, "deployed", expected, bundle.warnings, tuple(map(str, ctx.endpoints)))
         pointed = ctx.state.pointed_files()
-        if self.install_dir.holds(name, bundle, pointed):
+        if all(
+            self.install_dir.holds(name, bundle, i.state.pointed_files()) for i in ctx.instances
+        ):
             if all(before.get(e) == expected for e in ctx.endpoints):
                 log.info("%s: already installed and served: nothing to do", name)
                 return replace(done, action="unchanged")
             # Installed but not served (a missed reload, a killed run), or nothing to probe
             # by: reload only.
-            if not self.postfix.reload():
+            up = self._reload(ctx)
+            if not up:
                 return self._not_running(done)
-            self._prove(dict.fromkeys(ctx.endpoints, expected))
+            self._prove(dict.fromkeys(ctx.endpoints, expected), up)
             return replace(done, action="reloaded")
 
         chain_files = ctx.state.uses_chain_files
@@ -453,7 +505,7 @@ class Deployer:
         """Switch the files in, point main.cf at them (`params`, else what the one switch
         says), check, reload, prove each endpoint serves its `proofs` certificate; or undo
         it all. Returns what was installed and whether Postfix was running."""
-        txn = Transaction(self.postfix)
+        txn = Transaction(*self.postfixes)
         try:
             for switch in switches:
                 txn.switch(switch)
@@ -464,23 +516,40 @@ class Deployer:
         try:
             log.info("switched in %s", ", ".join(str(f) for i in installed for f in i.files))
             wanted = params if params is not None else installed[0].params
-            changed = {k: v for k, v in wanted.items() if ctx.state.effective.get(k, "") != v}
-            txn.set_main_cf(changed)
-            if changed:
-                # Only a main.cf change can break Postfix's configuration; a routine renewal
-                # (same file name, new bytes already verified) skips the 0.15 s check.
-                self.postfix.check()
-            if not self.postfix.reload():
+            for instance in ctx.instances:
+                effective = instance.state.effective
+                changed = {k: v for k, v in wanted.items() if effective.get(k, "") != v}
+                txn.set_main_cf(changed, instance.postfix)
+                if changed:
+                    # Only a main.cf change can break Postfix's configuration; a routine
+                    # renewal (same file name, new bytes already verified) skips the check.
+                    instance.postfix.check()
+            up = self._reload(ctx)
+            if not up:
                 return installed, False
-            self._prove(proofs)
+            self._prove(proofs, up)
         except BaseException as exc:
             # Every exit path, a signal included, puts the previous state back.
             roll_back(txn, dict(before), self.settings.probe_timeout, reason=exc)
             raise  # roll_back raised for PftlsError; other exceptions continue as they were
         return installed, True
 
-    def _prove(self, proofs: Mapping[Endpoint, str]) -> None:
-        """Each endpoint serves its certificate (one wait per certificate expected)."""
+    def _reload(self, ctx: Context) -> list[Instance]:
+        """Reload every instance (a failure raises); returns those running."""
+        return [i for i in ctx.instances if i.postfix.reload()]
+
+    def _prove(self, proofs: Mapping[Endpoint, str], running: Sequence[Instance] = ()) -> None:
+        """Each endpoint of a running instance serves its certificate (one wait per
+        certificate expected)."""
+        if running:
+            live = {e for i in running for e in i.endpoints}
+            if self.settings.probes:
+                live.update(self.settings.probes)
+            proofs = {
+                e: sha
+                for e, sha in proofs.items()
+                if replace(e, algorithm=None, servername=None) in live
+            }
         for expected in dict.fromkeys(proofs.values()):
             endpoints = [e for e, sha in proofs.items() if sha == expected]
             probe.wait_for(endpoints, expected, timeout=self.settings.probe_timeout)

@@ -212,3 +212,24 @@ def test_certbot_rsa_and_ecdsa_lineages_renewed_through_hook_and_daemon(
     assert shown(postfix, sclient.ECDSA_ONLY) == live_sha(certbot, EC)
     assert shown(postfix, sclient.RSA_ONLY) == live_sha(certbot, RSA)
     assert postfix.main_cf_bytes() == main_cf
+
+
+def test_status_shows_every_chain_and_check_judges_each(tool: Tool, inter: CA) -> None:
+    tool.lineage(inter.issue(NAME, key="ec"), name=EC)
+    tool.lineage(inter.issue(NAME, key="rsa"), name=RSA)
+    assert_exit(tool.run("install"), EXIT_OK)
+
+    status = tool.run("status")
+    assert_exit(status, EXIT_OK)
+    assert f"chain {EC} (ecdsa, default)" in status.stdout
+    assert f"chain {RSA} (rsa, default)" in status.stdout
+    assert "(rsa client)" in status.stdout and "(ecdsa client)" in status.stdout
+    ok = tool.run("status", "--check")
+    assert ok.returncode == 0, ok.stdout
+    assert "all 2 chains" in ok.stdout
+
+    # certbot renewed the RSA lineage and nothing deployed it: that chain is stale.
+    tool.lineage(inter.issue(NAME, key="rsa"), 2, name=RSA)
+    stale = tool.run("status", "--check")
+    assert stale.returncode == 2, stale.stdout
+    assert stale.stdout.startswith("PFTLS-HOOK CRITICAL:") and f"{RSA} (rsa" in stale.stdout

@@ -138,3 +138,16 @@ def test_removing_a_name_from_sni_removes_it_from_the_table(tool: Tool, inter: C
     assert entries == {ONE, NAME}
     assert shown(tool, TWO) == sha(leaves[NAME])
     assert shown(tool, ONE) == sha(leaves[ONE])
+
+
+def test_status_check_covers_the_sni_chains(tool: Tool, inter: CA) -> None:
+    lineages(tool, inter)
+    assert_exit(tool.run(*sni(ONE, TWO), "install"), EXIT_OK)
+    ok = tool.run(*sni(ONE, TWO), "status", "--check")
+    assert ok.returncode == 0, ok.stdout
+    assert "all 3 chains" in ok.stdout
+
+    tool.lineage(inter.issue(TWO), 2, name=TWO)  # renewed, not deployed
+    stale = tool.run(*sni(ONE, TWO), "status", "--check")
+    assert stale.returncode == 2, stale.stdout
+    assert f"SNI {TWO}" in stale.stdout

@@ -64,6 +64,8 @@ _FLAGS = (
     ("probe_timeout", "--probe-timeout"),
     ("layout", "--layout"),
     ("min_days", "--min-days"),
+    ("sni", "--sni"),
+    ("postfix_config_dirs", "--postfix-config-dir"),  # repeats the first one: deduplicated
 )
 # Deploy settings that only the config file or the environment can give: certbot runs the
 # hook without our environment, so these must live in the file.
