@@ -16,7 +16,8 @@ file per chain in `smtpd_tls_chain_files`. `deploy_all()` (install, the daemon's
 reconcile) deploys every selected chain in one transaction and returns one `Outcome` per
 lineage: a refused lineage gets a "refused" outcome carrying its error and keeps its
 previous version served, without blocking the others. `deploy(name)` redeploys just that
-lineage (a renewal) and raises its error. Each chain is proven by a client that offers only
+lineage (a renewal) and raises its error; `deploy(None)` deploys them all, raises the worst
+error and returns the first lineage's outcome. Each chain is proven by a client that offers only
 its algorithm (probe.py).
 """
 
@@ -53,6 +54,7 @@ from pftls_hook.select import Selection, algorithm_of, choose
 from pftls_hook.verify import SourceFiles, VerifiedBundle, load_anchors, verify_bundle
 
 log = logging.getLogger("pftls-hook")
+_LISTED = 8  # endpoints named in one log line; a thousand SNI names are counted
 Clock = Callable[[], datetime]
 
 
@@ -290,11 +292,13 @@ class Deployer:
     def served(self, endpoints: Sequence[Endpoint]) -> dict[Endpoint, str]:
         """What each endpoint serves now (one attempt each); unreachable ones are left out."""
         seen = {}
-        for endpoint in endpoints:
-            try:
-                seen[endpoint] = probe.served(endpoint, timeout=self.settings.probe_timeout)
-            except ProbeError as exc:
-                log.info("probe %s", exc)
+        for endpoint, got in probe.served_all(
+            endpoints, timeout=self.settings.probe_timeout
+        ).items():
+            if isinstance(got, ProbeError):
+                log.info("probe %s", got)
+            else:
+                seen[endpoint] = got
         return seen
 
     # -- the routine ----------------------------------------------------------------------
@@ -310,10 +314,13 @@ class Deployer:
             for note in ctx.notes:
                 log.warning("%s", note)
             if ctx.selection.several:
-                (outcome,) = self._deploy_chains(ctx, [name or self.selected(ctx)])
-                if outcome.error is not None:
-                    raise outcome.error
-                return outcome
+                # A renewal redeploys just its lineage; no name, every selected one.
+                names = [name] if name else list(ctx.selection.lineages) or [self.selected(ctx)]
+                outcomes = self._deploy_chains(ctx, names)
+                error = worst(outcomes)
+                if error is not None:
+                    raise error
+                return outcomes[0]
             snapshot, bundle = self.read_and_verify(name, ctx)
             self.install_dir.check(create=True)
             self.install_dir.clean_temps()
@@ -539,8 +546,9 @@ class Deployer:
         return [i for i in ctx.instances if i.postfix.reload()]
 
     def _prove(self, proofs: Mapping[Endpoint, str], running: Sequence[Instance] = ()) -> None:
-        """Each endpoint of a running instance serves its certificate (one wait per
-        certificate expected)."""
+        """Each endpoint of a running instance serves its certificate, all within one
+        deadline."""
+
         if running:
             live = {e for i in running for e in i.endpoints}
             if self.settings.probes:
@@ -550,10 +558,13 @@ class Deployer:
                 for e, sha in proofs.items()
                 if replace(e, algorithm=None, servername=None) in live
             }
-        for expected in dict.fromkeys(proofs.values()):
-            endpoints = [e for e, sha in proofs.items() if sha == expected]
-            probe.wait_for(endpoints, expected, timeout=self.settings.probe_timeout)
-            log.info("probe: %s serve the new certificate", ", ".join(map(str, endpoints)))
+        if not proofs:
+            return
+        probe.wait_for_each(proofs, timeout=self.settings.probe_timeout)
+        where = list(map(str, proofs))
+        if len(where) > _LISTED:
+            where = [*where[:_LISTED], f"and {len(where) - _LISTED} more"]
+        log.info("probe: %s serve the new certificate", ", ".join(where))
 
     def rollback(self) -> Outcome:
         """Switch back to the version installed before the current one, verified again."""
@@ -607,9 +618,7 @@ class Deployer:
         table = sni.render(served.table) if served.table else None
         if table is not None and table != sni.current_bytes(sni.table_path(layout.path)):
             common.append(f"would write {sni.table_path(layout.path)} (0600)")
-        for key, value in self._main_cf_for(ctx, served).items():
-            if ctx.state.effective.get(key, "") != value:
-                common.append(f"would run postconf -e '{key} = {value}'")
+        common += _postconf_plan(ctx, self._main_cf_for(ctx, served))
         probes = [str(e) for es in served.probes.values() for e in es]
         common.append(
             "would run postfix reload and probe " + (", ".join(probes) or "nothing")
@@ -632,16 +641,26 @@ class Deployer:
         else:
             files, params = self.install_dir.plan(name, chain_files=ctx.state.uses_chain_files)
             plan = [f"would write {line}" for line in files]
-            plan += [
-                f"would run postconf -e '{k} = {v}'"
-                for k, v in params.items()
-                if ctx.state.effective.get(k, "") != v
-            ]
+            plan += _postconf_plan(ctx, params)
             plan.append(
                 "would run postfix check (if main.cf changes), postfix reload, and probe "
                 + (", ".join(map(str, ctx.endpoints)) or "nothing")
             )
         return Outcome(name, "dry-run", bundle.leaf_sha256, bundle.warnings, detail=tuple(plan))
+
+
+def _postconf_plan(ctx: Context, values: Mapping[str, str]) -> list[str]:
+    """What a deploy would set, for each instance whose main.cf differs (one postconf -e
+    per instance runs them all)."""
+    plan = []
+    for instance in ctx.instances:
+        where = f"-c {instance.postfix.config_dir} " if len(ctx.instances) > 1 else ""
+        plan += [
+            f"would run postconf {where}-e '{k} = {v}'"
+            for k, v in values.items()
+            if instance.state.effective.get(k, "") != v
+        ]
+    return plan
 
 
 def worst(outcomes: Sequence[Outcome]) -> PftlsError | None:

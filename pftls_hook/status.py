@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -120,12 +121,14 @@ def _installed(path: str, now: datetime) -> Seen:
         return Seen(error=str(exc), file=path)
 
 
-def _served(endpoint: Endpoint, timeout: float, now: datetime) -> Seen:
-    try:
-        der = probe.fetch(endpoint, timeout=timeout)
-        return Seen(Cert.of(x509.load_der_x509_certificate(der), now))
-    except ProbeError as exc:
-        return Seen(error=str(exc), tls_broken=isinstance(exc, TlsBrokenError))
+def _served(endpoints: Sequence[Endpoint], timeout: float, now: datetime) -> dict[str, Seen]:
+    seen = {}
+    for endpoint, got in probe.fetch_all(endpoints, timeout=timeout).items():
+        if isinstance(got, ProbeError):
+            seen[str(endpoint)] = Seen(error=str(got), tls_broken=isinstance(got, TlsBrokenError))
+        else:
+            seen[str(endpoint)] = Seen(Cert.of(x509.load_der_x509_certificate(got), now))
+    return seen
 
 
 def _chains(
@@ -134,15 +137,20 @@ def _chains(
     selection = ctx.selection
     targets: list[tuple[str | None, Chain]] = [(None, c) for c in selection.chains]
     targets += [(name, c) for name, chains in selection.sni for c in chains]
+    probes = {
+        (sni, chain): [replace(e, algorithm=chain.algorithm, servername=sni) for e in ctx.endpoints]
+        for sni, chain in targets
+    }
+    every = [e for endpoints in probes.values() for e in endpoints]
+    served = _served(every, deployer.settings.probe_timeout, now)  # all at once, a few at a time
     reports = []
     for sni, chain in targets:
         path = str(deployer.install_dir.path / f"{chain.lineage}.pem")
         listed = ctx.state.pointed_files() if sni is None else ctx.sni_table.get(sni, [])
         installed = _installed(path, now) if path in listed else Seen(error="not deployed yet")
-        probes = [replace(e, algorithm=chain.algorithm, servername=sni) for e in ctx.endpoints]
-        served = {str(e): _served(e, deployer.settings.probe_timeout, now) for e in probes}
+        mine = {str(e): served[str(e)] for e in probes[sni, chain]}
         seen = live.get(chain.lineage, Seen(error="not in the live dir"))
-        reports.append(ChainReport(chain.lineage, chain.algorithm, sni, seen, installed, served))
+        reports.append(ChainReport(chain.lineage, chain.algorithm, sni, seen, installed, mine))
     return reports
 
 
@@ -172,8 +180,7 @@ def collect(deployer: Deployer) -> Report:
     installed = Seen()
     for path in ctx.state.pointed_files():
         installed = _installed(path, now)
-    timeout = deployer.settings.probe_timeout
-    served = {str(e): _served(e, timeout, now) for e in ctx.endpoints}
+    served = _served(ctx.endpoints, deployer.settings.probe_timeout, now)
     chains: list[ChainReport] = []
     if ctx.selection.several:
         chains = _chains(deployer, ctx, {lr.name: lr.live for lr in lineages}, now)

@@ -119,3 +119,19 @@ def test_one_instance_failing_to_reload_rolls_both_back(
     for instance, main_cf in zip(pair, main_cfs, strict=True):
         assert instance.main_cf_bytes() == main_cf
         assert served_sha256(HOST, instance.port) == sha(first)
+
+
+def test_dry_run_shows_each_instance_s_change(
+    tool: Tool, pair: tuple[PostfixInstance, PostfixInstance], inter: CA
+) -> None:
+    tool.lineage(inter.issue(NAME))
+    main_cfs = [i.main_cf_bytes() for i in pair]
+
+    result = tool.run(*both(pair), "--dry-run", "install")
+
+    assert_exit(result, 0)
+    for instance in pair:
+        assert f"would run postconf -c {instance.config_dir} -e 'smtpd_tls_cert_file" in (
+            result.stdout
+        )
+    assert [i.main_cf_bytes() for i in pair] == main_cfs
