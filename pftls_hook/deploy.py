@@ -424,7 +424,10 @@ class Deployer:
         layout.clean_temps()
         plan = self._plan(ctx, bundles)
         proofs = {e: bundles[n].leaf_sha256 for n, es in plan.probes.items() for e in es}
-        before = self.served(list(proofs))
+        # What each endpoint serves now, for the rollback's proof and the no-op check. A
+        # name not in the SNI table yet gets the default chains, which are probed anyway.
+        listed = ctx.sni_table
+        before = self.served([e for e in proofs if e.servername is None or e.servername in listed])
         params = self._main_cf_for(ctx, plan)
         table_path = sni.table_path(layout.path)
         table = sni.render(plan.table) if plan.table else None
@@ -451,9 +454,8 @@ class Deployer:
         keep = {*map(Path, ctx.state.pointed_files()), *(f for i in installed for f in i.files)}
         keep.update(Path(f) for files in ctx.sni_table.values() for f in files)
         keep.update(i.previous for i in installed if i.previous is not None)
-        for name in todo:
-            for removed in layout.prune(name, keep):
-                log.info("%s: pruned %s", name, removed)
+        for removed in layout.prune_many(todo, keep):
+            log.info("pruned %s", removed)
         if not running:
             return {n: self._not_running(o) for n, o in done.items()}
         return done

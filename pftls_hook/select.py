@@ -35,6 +35,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -97,16 +98,26 @@ class Selection:
             or (self.sni_installed)
         )
 
+    @cached_property
+    def _serves(self) -> dict[str, list[tuple[str | None, str]]]:
+        """lineage -> (SNI name or None for the default chains, algorithm), built once: a
+        thousand SNI names would make every lookup a scan."""
+        serves: dict[str, list[tuple[str | None, str]]] = {}
+        for sni, chains in [(None, self.chains), *self.sni]:
+            for chain in chains:
+                serves.setdefault(chain.lineage, []).append((sni, chain.algorithm))
+        return serves
+
     def names_of(self, lineage: str, default: Sequence[str]) -> list[str]:
         """The names a lineage is served for: the `default` hostnames for a default chain,
         and each SNI name it serves."""
-        names = list(default) if lineage in (c.lineage for c in self.chains) else []
-        names += [n for n, chains in self.sni if lineage in (c.lineage for c in chains)]
+        names: list[str] = []
+        for sni, _ in self._serves.get(lineage, ()):
+            names += default if sni is None else [sni]
         return list(dict.fromkeys(names))
 
     def algorithms_of(self, lineage: str) -> set[str]:
-        chains = [*self.chains, *(c for _, cs in self.sni for c in cs)]
-        return {c.algorithm for c in chains if c.lineage == lineage}
+        return {algorithm for _, algorithm in self._serves.get(lineage, ())}
 
     def ours(self, name: str) -> bool:
         """Should a renewal of `name` be deployed? When it is one selected; and when no

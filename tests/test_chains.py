@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import shlex
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,10 +23,13 @@ from tests.support import lineage as fake
 from tests.support import sclient
 from tests.support.certbot import Certbot
 from tests.support.daemon import NotifySocket, WatchProcess
+from tests.support.deployed import start
+from tests.support.installed import pointed_chains, stale_temps
 from tests.support.pebble import Pebble
-from tests.support.pki import CA, Leaf
+from tests.support.pki import CA
 from tests.support.postfix import PostfixInstance
 from tests.support.tool import NAME, Tool, assert_exit
+from tests.support.trusted import sha, trusting_tool
 
 HOST = "127.0.0.1"
 EC, RSA = "mail-ecdsa", "mail-rsa"  # the lineages, as `certbot --cert-name` names them
@@ -38,14 +43,7 @@ def inter() -> CA:
 
 @pytest.fixture
 def tool(postfix: PostfixInstance, tmp_path: Path, inter: CA) -> Tool:
-    ca_file = tmp_path / "root.pem"
-    assert inter.parent is not None
-    ca_file.write_bytes(inter.parent.cert_pem)
-    return Tool(postfix, tmp_path, ca_file)
-
-
-def sha(leaf: Leaf) -> str:
-    return hashlib.sha256(leaf.cert_der).hexdigest()
+    return trusting_tool(postfix, tmp_path, inter)
 
 
 def shown(postfix: PostfixInstance, sigalgs: str) -> str:
@@ -233,3 +231,54 @@ def test_status_shows_every_chain_and_check_judges_each(tool: Tool, inter: CA) -
     stale = tool.run("status", "--check")
     assert stale.returncode == 2, stale.stdout
     assert stale.stdout.startswith("PFTLS-HOOK CRITICAL:") and f"{RSA} (rsa" in stale.stdout
+
+
+CRASH_RUNS = 30
+CRASH_SEED = 20261201  # fixed: a failure can be replayed
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_dual_install_leaves_every_chain_a_working_pair(
+    tool: Tool, inter: CA
+) -> None:
+    """Both lineages flip between two versions; each install is SIGKILLed after a delay
+    uniform over a whole install. After each kill, every file main.cf lists holds a key and
+    the certificate for it, one of the known ones, Postfix serves them after a reload, and
+    the next install exits 0 with no temp file left."""
+    postfix = tool.postfix
+    versions = {
+        EC: [inter.issue(NAME, key="ec") for _ in range(2)],
+        RSA: [inter.issue(NAME, key="rsa") for _ in range(2)],
+    }
+    known = {sha(leaf) for leaves in versions.values() for leaf in leaves}
+    for name, leaves in versions.items():
+        tool.lineage(leaves[0], name=name)
+        tool.lineage(leaves[1], 2, name=name)
+    assert_exit(tool.run("install"), EXIT_OK)  # version 2 of both, main.cf written
+    for name in versions:
+        fake.point_links(tool.config_dir, name, 1)
+    began = time.monotonic()
+    assert_exit(tool.run("install"), EXIT_OK)  # a switching install: the kill range
+    duration = time.monotonic() - began
+    rng = random.Random(CRASH_SEED)  # noqa: S311 - kill timing, not cryptography
+    version = 1
+    for _ in range(CRASH_RUNS):
+        version = 3 - version
+        for name in versions:
+            fake.point_links(tool.config_dir, name, version)
+        proc = start(tool, "install")
+        time.sleep(rng.uniform(0, duration))
+        proc.kill()
+        proc.communicate(timeout=10)
+
+        chains = pointed_chains(postfix)  # each file: one key, the leaf is the key's
+        assert len(chains) == 2 and {c.leaf_sha256 for c in chains} <= known
+        postfix.check()
+        postfix.reload()
+        ec_file, rsa_file = chains
+        sclient.wait_for(HOST, postfix.port, sclient.ECDSA_ONLY, ec_file.leaf_sha256)
+        sclient.wait_for(HOST, postfix.port, sclient.RSA_ONLY, rsa_file.leaf_sha256)
+        assert_exit(tool.run("install"), EXIT_OK)
+        assert stale_temps(tool.install_dir) == []
+        assert shown(postfix, sclient.ECDSA_ONLY) == sha(versions[EC][version - 1])
+        assert shown(postfix, sclient.RSA_ONLY) == sha(versions[RSA][version - 1])

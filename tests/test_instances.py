@@ -5,7 +5,6 @@ through the runner (as in tests/reliability/test_faults.py), everything else is 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,9 +16,10 @@ from pftls_hook.deploy import Deployer
 from pftls_hook.errors import DeployFailedError
 from pftls_hook.postfix import Postfix
 from tests.conftest import MakePostfix
-from tests.support.pki import CA, Leaf
+from tests.support.pki import CA
 from tests.support.postfix import PostfixInstance, served_sha256
 from tests.support.tool import NAME, Tool, assert_exit
+from tests.support.trusted import sha, trusting_tool
 
 HOST = "127.0.0.1"
 
@@ -36,14 +36,7 @@ def pair(make_postfix: MakePostfix) -> tuple[PostfixInstance, PostfixInstance]:
 
 @pytest.fixture
 def tool(pair: tuple[PostfixInstance, PostfixInstance], tmp_path: Path, inter: CA) -> Tool:
-    ca_file = tmp_path / "root.pem"
-    assert inter.parent is not None
-    ca_file.write_bytes(inter.parent.cert_pem)
-    return Tool(pair[0], tmp_path, ca_file)
-
-
-def sha(leaf: Leaf) -> str:
-    return hashlib.sha256(leaf.cert_der).hexdigest()
+    return trusting_tool(pair[0], tmp_path, inter)
 
 
 def both(pair: Sequence[PostfixInstance]) -> list[str]:

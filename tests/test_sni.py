@@ -5,7 +5,6 @@ against a real private Postfix 3.7."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from pathlib import Path
@@ -17,6 +16,7 @@ from tests.support import sclient
 from tests.support.pki import CA, Leaf
 from tests.support.postfix import PostfixInstance
 from tests.support.tool import NAME, Tool, assert_exit
+from tests.support.trusted import sha, trusting_tool
 
 HOST = "127.0.0.1"
 ONE, TWO = "mx.one.example", "mx.two.example"  # SNI names; lineages are named after them
@@ -30,14 +30,7 @@ def inter() -> CA:
 
 @pytest.fixture
 def tool(postfix: PostfixInstance, tmp_path: Path, inter: CA) -> Tool:
-    ca_file = tmp_path / "root.pem"
-    assert inter.parent is not None
-    ca_file.write_bytes(inter.parent.cert_pem)
-    return Tool(postfix, tmp_path, ca_file)
-
-
-def sha(leaf: Leaf) -> str:
-    return hashlib.sha256(leaf.cert_der).hexdigest()
+    return trusting_tool(postfix, tmp_path, inter)
 
 
 def shown(tool: Tool, servername: str | None) -> str:
