@@ -10,7 +10,7 @@ measures, each as the wall time of one `python -m pftls_hook` process:
   written, one `postconf -e`, `postfix check`, one reload, and every chain proven by a probe
   sending its SNI name (with the probes of the state before, for rollback);
 - `deploy-hook`: one SNI lineage renewed (version 2) and the hook run for it, returning once
-  a client sending that name is shown the renewal;
+  a client sending that name is shown the renewal; then again for another lineage;
 - `status` and `status --check`: every chain probed (N+1 chains).
 
 The targets (issue #10: install <= 10 s, the hook <= 1 s, status <= 2 s) are reported as met
@@ -45,7 +45,13 @@ from tests.support.postfix import PostfixInstance
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks-scale.md"
 HOSTNAME = "mail.scale.example"
-TARGETS = {"install": 10.0, "deploy-hook": 1.0, "status": 2.0, "status --check": 2.0}
+TARGETS = {
+    "install": 10.0,
+    "deploy-hook": 1.0,
+    "deploy-hook again": 1.0,
+    "status": 2.0,
+    "status --check": 2.0,
+}
 
 
 def say(text: str) -> None:
@@ -113,15 +119,22 @@ def run(count: int, base: Path) -> list[tuple[str, float, int]]:
         results = []
         say("install (first full deploy)")
         results.append(("install", *timed([*tool, "-q", "install"], env)[:2]))
-        renewed = sni[count // 2]
-        leaf = inter.issue(renewed)
-        fake.renew(
-            config_dir, renewed, 2, cert_pem=leaf.cert_pem, chain_pem=leaf.chain_pem,
-            privkey_pem=leaf.key_pem(),
-        )  # fmt: skip
-        say(f"deploy-hook for {renewed}")
-        hook_env = {**env, "RENEWED_LINEAGE": str(config_dir / "live" / renewed)}
-        results.append(("deploy-hook", *timed([*tool, "-q", "deploy-hook"], hook_env)[:2]))
+        # A renewal comes long after the install: its main.cf write must not still be
+        # "hot" (Postfix makes readers wait ~2 s for a main.cf that new); back-dated as
+        # the tests do (tests/support/deployed.py).
+        past = time.time() - 60
+        os.utime(postfix.config_dir / "main.cf", (past, past))
+        # Two renewals, one right after the other: the first right after the install has
+        # measured ~1 s slower than the second, for a reason not established here.
+        for label, renewed in (("deploy-hook", sni[count // 2]), ("deploy-hook again", sni[1])):
+            leaf = inter.issue(renewed)
+            fake.renew(
+                config_dir, renewed, 2, cert_pem=leaf.cert_pem, chain_pem=leaf.chain_pem,
+                privkey_pem=leaf.key_pem(),
+            )  # fmt: skip
+            say(f"{label} for {renewed}")
+            hook_env = {**env, "RENEWED_LINEAGE": str(config_dir / "live" / renewed)}
+            results.append((label, *timed([*tool, "-q", "deploy-hook"], hook_env)[:2]))
         say("status")
         results.append(("status", *timed([*tool, "status"], env)[:2]))
         say("status --check")
