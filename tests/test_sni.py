@@ -144,3 +144,37 @@ def test_status_check_covers_the_sni_chains(tool: Tool, inter: CA) -> None:
     stale = tool.run(*sni(ONE, TWO), "status", "--check")
     assert stale.returncode == 2, stale.stdout
     assert f"SNI {TWO}" in stale.stdout
+
+
+def test_an_sni_name_gets_one_chain_per_algorithm(tool: Tool, inter: CA) -> None:
+    leaves = lineages(tool, inter)
+    rsa = inter.issue(ONE, key="rsa")
+    tool.lineage(rsa, name=f"{ONE}-rsa")
+
+    assert_exit(tool.run(*sni(ONE), "install"), EXIT_OK)
+
+    port = tool.postfix.port
+    assert sclient.served_sha256(HOST, port, sclient.ECDSA_ONLY, servername=ONE) == sha(leaves[ONE])
+    assert sclient.served_sha256(HOST, port, sclient.RSA_ONLY, servername=ONE) == sha(rsa)
+    entry = next(line for line in table(tool).read_text().splitlines() if line.startswith(ONE))
+    assert entry.split(None, 1)[1] == ", ".join(
+        str(tool.install_dir / f"{n}.pem") for n in (ONE, f"{ONE}-rsa")
+    )
+
+
+def test_the_admins_own_sni_table_is_kept_after_ours(tool: Tool, inter: CA) -> None:
+    leaves = lineages(tool, inter)
+    theirs = inter.issue("mx.admin.example")
+    own_file = tool.base / "admin.pem"
+    own_file.write_bytes(theirs.key_pem() + theirs.fullchain_pem)
+    own_file.chmod(0o600)
+    own_table = tool.base / "admin-sni"
+    own_table.write_text(f"mx.admin.example {own_file}\n")
+    tool.postfix.postconf("-e", f"tls_server_sni_maps = texthash:{own_table}")
+
+    assert_exit(tool.run(*sni(ONE), "install"), EXIT_OK)
+
+    maps = tool.postfix.postconf("-h", "tls_server_sni_maps").strip()
+    assert maps == f"texthash:{table(tool)}, texthash:{own_table}"
+    assert shown(tool, ONE) == sha(leaves[ONE])
+    assert shown(tool, "mx.admin.example") == sha(theirs)
