@@ -11,14 +11,18 @@ hook, the daemon) skips a lineage that Postfix does not serve. Deploying what is
 installed and served is a no-op: two postconf calls, one probe, no write, no reload. The
 core does not print: outcomes and plans are data, rendered by the CLI.
 
-Several chains (one lineage per key algorithm, see select.py): main.cf lists one combined
-file per chain in `smtpd_tls_chain_files`. `deploy_all()` (install, the daemon's
-reconcile) deploys every selected chain in one transaction and returns one `Outcome` per
+Several chains (one lineage per key algorithm, and per SNI name; select.py decides which,
+chains.py what main.cf and the SNI table then list): `deploy_all()` (install, the daemon's
+reconcile) deploys every selected lineage in one transaction and returns one `Outcome` per
 lineage: a refused lineage gets a "refused" outcome carrying its error and keeps its
 previous version served, without blocking the others. `deploy(name)` redeploys just that
 lineage (a renewal) and raises its error; `deploy(None)` deploys them all, raises the worst
-error and returns the first lineage's outcome. Each chain is proven by a client that offers only
-its algorithm (probe.py).
+error and returns the first lineage's outcome. Each chain is proven by a client that offers
+only its algorithm, and its SNI name (probe.py).
+
+Several instances (`settings.instances`): the first one's main.cf decides the selection;
+each gets the same values in its own main.cf, is reloaded and proven on its own listeners,
+and the one transaction undoes them all.
 """
 
 from __future__ import annotations
