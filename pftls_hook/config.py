@@ -210,6 +210,7 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Setti
         key = _key(raw)
         if key == "postfix_config_dir" and isinstance(value, list):
             # --postfix-config-dir, repeatable: several give the instances.
+            values.pop("postfix_config_dirs", None)  # the flags replace the file's list
             key = "postfix_config_dirs" if len(value) > 1 else key
             values[key] = _convert(key, value if len(value) > 1 else value[0])
             continue

@@ -178,3 +178,11 @@ def test_the_admins_own_sni_table_is_kept_after_ours(tool: Tool, inter: CA) -> N
     assert maps == f"texthash:{table(tool)}, texthash:{own_table}"
     assert shown(tool, ONE) == sha(leaves[ONE])
     assert shown(tool, "mx.admin.example") == sha(theirs)
+
+
+def test_a_name_that_is_not_a_dns_name_is_a_usage_error(tool: Tool) -> None:
+    main_cf = tool.postfix.main_cf_bytes()
+    result = tool.run("--sni", "mx one.example", "install")
+    assert_exit(result, 2)
+    assert result.stderr.count("\n") == 1 and "is not a DNS name" in result.stderr
+    assert tool.postfix.main_cf_bytes() == main_cf
