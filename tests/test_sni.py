@@ -5,14 +5,22 @@ against a real private Postfix 3.7."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shlex
 import stat
+import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.support import lineage as fake
 from tests.support import sclient
+from tests.support.certbot import Certbot
+from tests.support.daemon import NotifySocket, WatchProcess
+from tests.support.pebble import Pebble
 from tests.support.pki import CA, Leaf
 from tests.support.postfix import PostfixInstance
 from tests.support.tool import NAME, Tool, assert_exit
@@ -186,3 +194,50 @@ def test_a_name_that_is_not_a_dns_name_is_a_usage_error(tool: Tool) -> None:
     assert_exit(result, 2)
     assert result.stderr.count("\n") == 1 and "is not a DNS name" in result.stderr
     assert tool.postfix.main_cf_bytes() == main_cf
+
+
+def live_sha(certbot: Certbot, name: str) -> str:
+    cert = x509.load_pem_x509_certificate((certbot.lineage(name) / "cert.pem").read_bytes())
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+@pytest.mark.slow
+def test_certbot_renewals_of_an_sni_lineage_through_daemon_and_hook(
+    tmp_path: Path, pebble: Pebble, certbot: Certbot, postfix: PostfixInstance
+) -> None:
+    certbot.certonly([postfix.hostname], cert_name="mail")
+    certbot.certonly([ONE], cert_name=ONE)
+    tool = Tool(postfix, tmp_path, pebble.root_file(), certbot_config_dir=certbot.config_dir)
+    assert_exit(tool.run(*sni(ONE), "install"), EXIT_OK)
+    assert shown(tool, ONE) == live_sha(certbot, ONE)
+    assert shown(tool, None) == live_sha(certbot, "mail")
+
+    notify = NotifySocket()
+    daemon = WatchProcess(
+        [*tool.options(), *sni(ONE), "--debounce", "0.2"],
+        {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            "NOTIFY_SOCKET": notify.address,
+        },
+        tmp_path / "daemon.log",
+        tmp_path,
+    ).start()
+    try:
+        notify.wait_for(lambda m: m.get("READY") == "1", timeout=60)
+        certbot.renew(force=True, cert_name=ONE)
+        sclient.wait_for(
+            HOST, postfix.port, sclient.ECDSA_ONLY, live_sha(certbot, ONE), servername=ONE,
+            timeout=30,
+        )  # fmt: skip
+    finally:
+        daemon.kill()
+        notify.close()
+    assert "Traceback" not in daemon.output_text()
+
+    hook = shlex.join(
+        [sys.executable, "-m", "pftls_hook", *tool.options(), *sni(ONE), "deploy-hook"]
+    )
+    certbot.renew(force=True, cert_name=ONE, deploy_hook=hook)
+    assert shown(tool, ONE) == live_sha(certbot, ONE)  # proven before certbot returned
+    assert shown(tool, None) == live_sha(certbot, "mail")
