@@ -23,7 +23,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pftls_hook.config import Settings, load_settings
-from pftls_hook.deploy import Deployer, Outcome
+from pftls_hook.deploy import Deployer, Outcome, worst
 from pftls_hook.errors import (
     CommandError,
     DeployFailedError,
@@ -60,7 +60,8 @@ log = logging.getLogger("pftls-hook")
 _GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any], str], ...] = (
     (("--config",), {"metavar": "FILE"}, "TOML config file (default /etc/pftls-hook/config.toml)"),
     (("--live-dir",), {"metavar": "DIR"}, "certbot's live dir (default /etc/letsencrypt/live)"),
-    (("--postfix-config-dir",), {"metavar": "DIR"}, "Postfix instance (default /etc/postfix)"),
+    (("--postfix-config-dir",), {"metavar": "DIR", "action": "append"},
+     "Postfix instance (default /etc/postfix; repeatable: each gets the same deploy)"),
     (("--install-dir",), {"metavar": "DIR"}, "where keys and chains go (default /etc/postfix/tls)"),
     (("--ca-file",), {"metavar": "FILE"},
      "trust anchors the chain must lead to (default the system bundle)"),
@@ -68,6 +69,8 @@ _GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any], str], ...] = (
      "lock shared by every entry point (default /run/pftls-hook/deploy.lock)"),
     (("--hostname",), {"metavar": "NAME", "action": "append"},
      "a name the certificate must cover (repeatable; default Postfix's myhostname)"),
+    (("--sni",), {"metavar": "NAME", "action": "append"},
+     "serve NAME, by SNI, the lineages covering it (repeatable; a table pftls-hook owns)"),
     (("--probe",), {"metavar": "HOST:PORT", "action": "append"},
      "prove here instead of master.cf's TLS services (repeatable; /tls for port 465)"),
     (("--no-probe",), {"action": "store_const", "const": True},
@@ -143,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _FLAG_KEYS = (
     "config", "live_dir", "postfix_config_dir", "install_dir", "ca_file", "lock_file",
-    "hostname", "probe", "no_probe", "probe_timeout", "layout", "min_days", "dry_run",
+    "hostname", "sni", "probe", "no_probe", "probe_timeout", "layout", "min_days", "dry_run",
     "debounce", "reconcile_interval", "dane", "dns_resolver", "metrics_file",
 )  # fmt: skip
 
@@ -202,6 +205,8 @@ def _render(outcome: Outcome) -> None:
     if outcome.action == "skipped":
         log.info("%s renewed, not selected for Postfix (%s): skipped", outcome.lineage,
                  "; ".join(outcome.detail))  # fmt: skip
+    elif outcome.error is not None:
+        log.error("%s: %s: %s", outcome.lineage, outcome.action, outcome.error)
     elif outcome.action in ("deployed", "reloaded", "rolled-back") and not outcome.proven_on:
         log.warning(
             "%s: %s, but NOT proven: no TLS endpoint to probe (no smtpd service with TLS "
@@ -226,7 +231,19 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     deployer = Deployer(settings)
     if ns.command == "install":
-        _render(_deploy(deployer, ns.name))
+        if ns.name:
+            outcomes = [_deploy(deployer, ns.name)]
+        elif settings.metrics_file is None:
+            outcomes = deployer.deploy_all()
+        else:
+            from pftls_hook import metrics  # noqa: PLC0415 - only with a metrics file
+
+            outcomes = metrics.deploy_all(deployer)
+        for outcome in outcomes:
+            _render(outcome)
+        error = worst(outcomes)  # several chains: each reported, the worst decides
+        if error is not None:
+            raise error
         return EXIT_OK
     if ns.command == "verify":
         ctx = deployer.context()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -30,10 +31,15 @@ class Endpoint:
     host: str
     port: int
     implicit_tls: bool = False
+    algorithm: str | None = None  # a probe offering only this key algorithm (None: any)
+    servername: str | None = None  # a probe sending this SNI name (None: none)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}{'/tls' if self.implicit_tls else ''}"
+        client = [f"{self.algorithm} client"] if self.algorithm else []
+        client += [f"SNI {self.servername}"] if self.servername else []
+        offers = f" ({', '.join(client)})" if client else ""
+        return f"{host}:{self.port}{'/tls' if self.implicit_tls else ''}{offers}"
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ _CHOICES = {"layout": LAYOUTS, "dane": DANE_MODES}
 class Settings:
     live_dir: Path = Path("/etc/letsencrypt/live")
     postfix_config_dir: Path = Path("/etc/postfix")
+    postfix_config_dirs: tuple[Path, ...] = ()  # several instances (the first is the one above)
     install_dir: Path = Path("/etc/postfix/tls")
     ca_file: Path = Path("/etc/ssl/certs/ca-certificates.crt")
     lock_file: Path = Path("/run/pftls-hook/deploy.lock")
@@ -65,6 +72,7 @@ class Settings:
     layout: str = "combined"
     min_days: int = 1
     lineages: tuple[str, ...] = ()
+    sni: tuple[str, ...] = ()  # names served their own chains by SNI (tls_server_sni_maps)
     dry_run: bool = False
     verbosity: int = 0
     probe_timeout: float = 10.0
@@ -82,6 +90,11 @@ class Settings:
     @property
     def certbot_config_dir(self) -> Path:
         return self.live_dir.parent
+
+    @property
+    def instances(self) -> tuple[Path, ...]:
+        """The Postfix instances each deploy serves, the first deciding the selection."""
+        return self.postfix_config_dirs or (self.postfix_config_dir,)
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -122,6 +135,19 @@ def parse_dns_server(text: str) -> DnsServer:
     return DnsServer(address, int(port))
 
 
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def parse_sni_name(text: str) -> str:
+    """A name clients send by SNI: a DNS name in A-label form (Postfix looks up the name
+    as sent; IDNs arrive as A-labels), lower-cased."""
+    name = text.strip().lower().removesuffix(".")
+    labels = name.split(".")
+    if len(name) > 253 or len(labels) < 2 or not all(map(_DNS_LABEL.match, labels)):
+        raise UsageError(f"sni: {text!r} is not a DNS name (A-labels, e.g. mail.example.com)")
+    return name
+
+
 def _as_list(value: Any, key: str) -> list[str]:
     if isinstance(value, str):
         return value.replace(",", " ").split()
@@ -138,6 +164,10 @@ def _convert(key: str, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branc
     try:
         if key in ("hostnames", "lineages"):
             return tuple(_as_list(value, key))
+        if key == "postfix_config_dirs":
+            return tuple(dict.fromkeys(Path(v) for v in _as_list(value, key)))
+        if key == "sni":
+            return tuple(dict.fromkeys(parse_sni_name(v) for v in _as_list(value, key)))
         if key == "probes":
             return tuple(parse_endpoint(v) for v in _as_list(value, key))
         if key == "dns_resolvers":
@@ -235,5 +265,13 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str]) -> Setti
         if raw == "config" or value is None:
             continue
         key = _key(raw)
+        if key == "postfix_config_dir" and isinstance(value, list):
+            # --postfix-config-dir, repeatable: several give the instances.
+            values.pop("postfix_config_dirs", None)  # the flags replace the file's list
+            key = "postfix_config_dirs" if len(value) > 1 else key
+            values[key] = _convert(key, value if len(value) > 1 else value[0])
+            continue
         values[key] = _convert(key, value)
+    if values.get("postfix_config_dirs"):
+        values["postfix_config_dir"] = values["postfix_config_dirs"][0]
     return replace(Settings(), config_file=path, **values)

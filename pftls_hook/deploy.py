@@ -10,6 +10,19 @@ the previous certificate is served again; `RollbackFailedError` when even that f
 hook, the daemon) skips a lineage that Postfix does not serve. Deploying what is already
 installed and served is a no-op: two postconf calls, one probe, no write, no reload. The
 core does not print: outcomes and plans are data, rendered by the CLI.
+
+Several chains (one lineage per key algorithm, and per SNI name; select.py decides which,
+chains.py what main.cf and the SNI table then list): `deploy_all()` (install, the daemon's
+reconcile) deploys every selected lineage in one transaction and returns one `Outcome` per
+lineage: a refused lineage gets a "refused" outcome carrying its error and keeps its
+previous version served, without blocking the others. `deploy(name)` redeploys just that
+lineage (a renewal) and raises its error; `deploy(None)` deploys them all, raises the worst
+error and returns the first lineage's outcome. Each chain is proven by a client that offers
+only its algorithm, and its SNI name (probe.py).
+
+Several instances (`settings.instances`): the first one's main.cf decides the selection;
+each gets the same values in its own main.cf, is reloaded and proven on its own listeners,
+and the one transaction undoes them all.
 """
 
 from __future__ import annotations
@@ -17,32 +30,35 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from cryptography import x509
 
-from pftls_hook import dane, probe
+from pftls_hook import chains, dane, probe, sni
 from pftls_hook.config import Endpoint, Settings
 from pftls_hook.errors import (
     CommandError,
     DeployFailedError,
     EnvironmentRefusedError,
+    NotSettledError,
     PftlsError,
     ProbeError,
     RefusedError,
     RollbackFailedError,
 )
-from pftls_hook.install import Installed, install_dir
+from pftls_hook.install import Combined, Installed, install_dir
 from pftls_hook.lineage import LineageSnapshot, read_lineage
 from pftls_hook.lock import deploy_lock
 from pftls_hook.postfix import Postfix, PostfixState
-from pftls_hook.select import Selection, choose
+from pftls_hook.select import Selection, algorithm_of, choose
 from pftls_hook.verify import SourceFiles, VerifiedBundle, load_anchors, verify_bundle
 
 log = logging.getLogger("pftls-hook")
+_LISTED = 8  # endpoints named in one log line; a thousand SNI names are counted
 Clock = Callable[[], datetime]
 
 
@@ -67,11 +83,13 @@ def _signals_held() -> Iterator[None]:
 class Outcome:
     lineage: str
     # deployed | unchanged | reloaded | installed-not-running | rolled-back | dry-run | skipped
+    # | refused | failed (several chains: this lineage's `error`; the others went on)
     action: str
     leaf_sha256: str = ""
     warnings: tuple[str, ...] = ()
     proven_on: tuple[str, ...] = ()  # endpoints shown to serve it; () = not proven
     detail: tuple[str, ...] = field(default=())  # the plan (dry run) or why it was skipped
+    error: PftlsError | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         served = f" ({self.leaf_sha256[:16]}…)" if self.leaf_sha256 else ""
@@ -80,43 +98,63 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Instance:
+    """One Postfix instance as read for this command, and where its clients meet TLS."""
+
+    postfix: Postfix
+    state: PostfixState
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True)
 class Context:
-    """What one command decides on, read once (under the lock when it deploys)."""
+    """What one command decides on, read once (under the lock when it deploys). `state` is
+    the first instance's (it decides the selection); `endpoints` are every instance's."""
 
     state: PostfixState
     hostnames: tuple[str, ...]
     endpoints: tuple[Endpoint, ...]
     notes: tuple[str, ...]
     selection: Selection
+    sni_table: Mapping[str, list[str]] = field(default_factory=dict)  # pftls-hook's, now
+    instances: tuple[Instance, ...] = ()
+
+    def pointing_everywhere(self, values: Mapping[str, str]) -> bool:
+        """Does every instance's main.cf already say `values`?"""
+        return all(
+            i.state.effective.get(k, "") == v for i in self.instances for k, v in values.items()
+        )
 
 
 class Transaction:
     """What a deploy (or configure) changed so far, and the one way to undo it: main.cf
-    values back as main.cf had them, then the files back."""
+    values back as each instance's main.cf had them, then the files back."""
 
-    def __init__(self, postfix: Postfix) -> None:
+    def __init__(self, postfix: Postfix, *others: Postfix) -> None:
         self.postfix = postfix
-        self.installed: Installed | None = None
-        self.main_cf_before: dict[str, str] = {}
-        self.main_cf_names: list[str] = []
+        self.postfixes = (postfix, *others)
+        self.switched: list[Installed] = []
+        self.main_cf: list[tuple[Postfix, dict[str, str], list[str]]] = []
 
     def switch(self, do: Callable[[], Installed]) -> Installed:
         with _signals_held():
-            self.installed = do()
-        return self.installed  # a SIGTERM held meanwhile arrives here, where undo knows it
+            self.switched.append(do())
+        return self.switched[-1]  # a SIGTERM held meanwhile arrives here, where undo knows it
 
-    def set_main_cf(self, values: dict[str, str]) -> None:
+    def set_main_cf(self, values: dict[str, str], postfix: Postfix | None = None) -> None:
         if values:
-            self.main_cf_before = self.postfix.explicit(*values)
-            self.main_cf_names = list(values)
-            log.info("main.cf: %s", ", ".join(f"{k} = {v}" for k, v in values.items()))
-            self.postfix.set(values)
+            target = postfix or self.postfix
+            self.main_cf.append((target, target.explicit(*values), list(values)))
+            where = f" ({target.config_dir})" if len(self.postfixes) > 1 else ""
+            log.info("main.cf%s: %s", where, ", ".join(f"{k} = {v}" for k, v in values.items()))
+            target.set(values)
 
     def undo(self) -> None:
-        if self.main_cf_names:
-            self.postfix.restore(self.main_cf_before, self.main_cf_names)
-        if self.installed is not None:
-            self.installed.undo()
+        while self.main_cf:
+            target, before, names = self.main_cf.pop()
+            target.restore(before, names)
+        while self.switched:
+            self.switched.pop().undo()
 
 
 def roll_back(
@@ -133,16 +171,17 @@ def roll_back(
     log.error("%s failed: %s; rolling back", what, reason)
     try:
         txn.undo()
-        try:
-            running = txn.postfix.reload()
-        except CommandError as exc:
-            # Often the very failure being rolled back. The rollback still holds if every
-            # endpoint is proven to serve what it did before (smtpd picks the restored files
-            # up as it restarts); with nothing to prove it by, it fails.
-            if not before:
-                raise
-            log.warning("rollback: %s; probing for the previous certificate anyway", exc)
-            running = True
+        running = True
+        for postfix in txn.postfixes:  # every instance, even after one failed
+            try:
+                running = postfix.reload() and running
+            except CommandError as exc:
+                # Often the very failure being rolled back. The rollback still holds if every
+                # endpoint is proven to serve what it did before (smtpd picks the restored
+                # files up as it restarts); with nothing to prove it by, it fails.
+                if not before:
+                    raise
+                log.warning("rollback: %s; probing for the previous certificate anyway", exc)
         for endpoint, sha in before.items() if running else ():
             probe.wait_for([endpoint], sha, timeout=probe_timeout)
     except (PftlsError, OSError) as exc:
@@ -157,28 +196,58 @@ def roll_back(
 
 class Deployer:
     def __init__(
-        self, settings: Settings, *, postfix: Postfix | None = None, clock: Clock = utcnow
+        self,
+        settings: Settings,
+        *,
+        postfix: Postfix | None = None,
+        postfixes: Sequence[Postfix] = (),
+        clock: Clock = utcnow,
     ) -> None:
         self.settings = settings
-        self.postfix = postfix or Postfix(settings.postfix_config_dir)
+        # Several instances: each gets the same deploy; the first decides the selection.
+        self.postfixes = list(postfixes) or (
+            [postfix] if postfix else [Postfix(d) for d in settings.instances]
+        )
+        self.postfix = self.postfixes[0]
         self.install_dir = install_dir(settings.install_dir, settings.layout)
         self.clock = clock
 
     # -- reading --------------------------------------------------------------------------
-    def context(self) -> Context:
-        state = self.postfix.state()
-        hostnames = self.settings.hostnames or (state.myhostname,)
-        notes = [f"{o} overrides main.cf for that service" for o in state.tls_overrides()]
+    def _instance(self, postfix: Postfix, first: bool, notes: list[str]) -> Instance:
+        state = postfix.state()
+        where = "" if len(self.postfixes) == 1 else f"{postfix.config_dir}: "
+        notes += [f"{where}{o} overrides main.cf for that service" for o in state.tls_overrides()]
         for extra in ("smtpd_tls_eccert_file", "smtpd_tls_dcert_file"):
             if state.effective.get(extra) and not state.uses_chain_files:
-                notes.append(f"main.cf {extra} is set too: some clients may be served that one")
-        endpoints: list[Endpoint] = list(self.settings.probes)
-        if not endpoints and not self.settings.no_probe:
+                notes.append(
+                    f"{where}main.cf {extra} is set too: some clients may be served that one"
+                )
+        # --probe names endpoints for the whole deploy: the first instance carries them.
+        endpoints: list[Endpoint] = list(self.settings.probes) if first else []
+        if not self.settings.probes and not self.settings.no_probe:
             endpoints, skipped = state.probe_endpoints()
-            notes.extend(skipped)
-        installed = self.install_dir.lineage_of(state.pointed_files())
-        selection = choose(self.settings, hostnames, installed)
-        return Context(state, tuple(hostnames), tuple(endpoints), tuple(notes), selection)
+            notes.extend(where + s for s in skipped)
+        return Instance(postfix, state, tuple(endpoints))
+
+    def context(self) -> Context:
+        notes: list[str] = []
+        instances = [self._instance(p, i == 0, notes) for i, p in enumerate(self.postfixes)]
+        state = instances[0].state
+        hostnames = self.settings.hostnames or (state.myhostname,)
+        endpoints = list(dict.fromkeys(e for i in instances for e in i.endpoints))
+        installed = self.install_dir.lineages_of(state.pointed_files())
+        table = sni.read(sni.table_path(self.install_dir.path))
+        listed = {name: self.install_dir.lineages_of(files) for name, files in table.items()}
+        selection = choose(self.settings, hostnames, installed, listed)
+        return Context(
+            state,
+            tuple(hostnames),
+            tuple(endpoints),
+            tuple(notes),
+            selection,
+            table,
+            tuple(instances),
+        )
 
     def anchors(self) -> Sequence[x509.Certificate]:
         path = self.settings.ca_file
@@ -188,23 +257,26 @@ class Deployer:
             raise EnvironmentRefusedError(f"{path}: cannot read CA file: {exc.strerror}") from None
         return load_anchors(data, str(path))
 
-    def verify(self, files: SourceFiles, ctx: Context) -> VerifiedBundle:
+    def verify(
+        self, files: SourceFiles, ctx: Context, hostnames: Sequence[str] = ()
+    ) -> VerifiedBundle:
         return verify_bundle(
             files,
             anchors=self.anchors(),
-            hostnames=ctx.hostnames,
+            hostnames=hostnames or ctx.hostnames,
             now=self.clock(),
             min_days=self.settings.min_days,
         )
 
     def read_and_verify(
-        self, name: str | None, ctx: Context
+        self, name: str | None, ctx: Context, hostnames: Sequence[str] = ()
     ) -> tuple[LineageSnapshot, VerifiedBundle]:
+        """Read a lineage and verify it for `hostnames` (default: the required ones)."""
         name = name or self.selected(ctx)
         snapshot = read_lineage(
             self.settings.live_dir / name, settle_timeout=self.settings.settle_timeout
         )
-        bundle = self.verify(snapshot.files, ctx)
+        bundle = self.verify(snapshot.files, ctx, hostnames)
         for warning in bundle.warnings:
             log.warning("%s: %s", name, warning)
         log.info(
@@ -237,11 +309,13 @@ class Deployer:
     def served(self, endpoints: Sequence[Endpoint]) -> dict[Endpoint, str]:
         """What each endpoint serves now (one attempt each); unreachable ones are left out."""
         seen = {}
-        for endpoint in endpoints:
-            try:
-                seen[endpoint] = probe.served(endpoint, timeout=self.settings.probe_timeout)
-            except ProbeError as exc:
-                log.info("probe %s", exc)
+        for endpoint, got in probe.served_all(
+            endpoints, timeout=self.settings.probe_timeout
+        ).items():
+            if isinstance(got, ProbeError):
+                log.info("probe %s", got)
+            else:
+                seen[endpoint] = got
         return seen
 
     # -- the routine ----------------------------------------------------------------------
@@ -256,17 +330,166 @@ class Deployer:
                 return Outcome(name, "skipped", detail=(why,))
             for note in ctx.notes:
                 log.warning("%s", note)
+            if ctx.selection.several:
+                # A renewal redeploys just its lineage; no name, every selected one.
+                names = [name] if name else list(ctx.selection.lineages) or [self.selected(ctx)]
+                outcomes = self._deploy_chains(ctx, names)
+                error = worst(outcomes)
+                if error is not None:
+                    raise error
+                return outcomes[0]
             snapshot, bundle = self.read_and_verify(name, ctx)
             self.install_dir.check(create=True)
             self.install_dir.clean_temps()
             return self._switch(snapshot.name, bundle, ctx)
+
+    def deploy_all(self) -> list[Outcome]:
+        """Every selected chain (install without a name, the daemon's reconcile): one
+        outcome per lineage; a failed one carries its error (`worst` picks the one to raise)."""
+        if self.settings.dry_run:
+            return self._dry_run_all()
+        with deploy_lock(self.settings.lock_file, self.settings.lock_timeout):
+            ctx = self.context()
+            for note in ctx.notes:
+                log.warning("%s", note)
+            if ctx.selection.several:
+                return self._deploy_chains(ctx, list(ctx.selection.lineages))
+            snapshot, bundle = self.read_and_verify(None, ctx)
+            self.install_dir.check(create=True)
+            self.install_dir.clean_temps()
+            return [self._switch(snapshot.name, bundle, ctx)]
+
+    # -- several chains -------------------------------------------------------------------
+    def _combined(self) -> Combined:
+        if not isinstance(self.install_dir, Combined):
+            raise EnvironmentRefusedError(
+                f"{self.install_dir.path}: several chains need the combined layout"
+            )
+        return self.install_dir
+
+    def _verified_chains(
+        self, ctx: Context, names: Sequence[str]
+    ) -> tuple[dict[str, VerifiedBundle], dict[str, Outcome]]:
+        """Read and verify each lineage for the names it serves; a refused one is an
+        outcome, not a stop."""
+        bundles: dict[str, VerifiedBundle] = {}
+        refused: dict[str, Outcome] = {}
+        for name in names:
+            try:
+                hostnames = ctx.selection.names_of(name, ctx.hostnames) or ctx.hostnames
+                _, bundle = self.read_and_verify(name, ctx, hostnames)
+                self._check_slot(ctx, name, algorithm_of(bundle.leaf), names)
+                # DANE: a default chain (the MX names' TLSA records) that would change what
+                # Postfix serves; each algorithm's chain must match on its own.
+                default = set(ctx.hostnames) <= set(hostnames)
+                if default and not self._combined().holds_file(name, bundle):
+                    self.dane_guard(name, bundle, ctx)
+            except NotSettledError:
+                raise  # certbot is at work: wait for it (the daemon does), refuse nothing
+            except RefusedError as exc:
+                log.error("%s refused: %s; its previous version stays served", name, exc)
+                refused[name] = Outcome(name, "refused", detail=(str(exc),), error=exc)
+                continue
+            bundles[name] = bundle
+        return bundles, refused
+
+    def _check_slot(self, ctx: Context, name: str, algorithm: str, names: Sequence[str]) -> None:
+        """Postfix takes one key per algorithm and name: refuse a lineage whose key is not
+        the algorithm it was selected for (its key type changed since), or one named by
+        hand whose algorithm another selected lineage serves."""
+        where = str(self.settings.live_dir / name)
+        expected = ctx.selection.algorithms_of(name)
+        if expected and algorithm not in expected:
+            raise RefusedError(where, f"its key is now {algorithm}, selected as {expected.pop()}")
+        holder = next((c.lineage for c in ctx.selection.chains if c.algorithm == algorithm), name)
+        if not expected and holder != name and holder not in names:
+            raise RefusedError(where, f"its key is {algorithm}, and {holder} is served for it")
+
+    def _plan(self, ctx: Context, bundles: Mapping[str, VerifiedBundle]) -> chains.Plan:
+        layout = self._combined()
+        return chains.plan(
+            ctx.selection,
+            hostnames=ctx.hostnames,
+            endpoints=ctx.endpoints,
+            pointed=ctx.state.pointed_files(),
+            table_now=ctx.sni_table,
+            deploying={n: algorithm_of(b.leaf) for n, b in bundles.items()},
+            path_of=lambda name: str(layout.current_path(name)),
+        )
+
+    def _main_cf_for(self, ctx: Context, plan: chains.Plan) -> dict[str, str]:
+        values = {}
+        if plan.chain_files:
+            values["smtpd_tls_chain_files"] = ", ".join(plan.chain_files)
+        if plan.table:
+            current = ctx.state.effective.get(sni.PARAM, "")
+            tables = sni.pointing(sni.table_path(self.install_dir.path), current)
+            values[sni.PARAM] = current if tables is None else tables
+        return values
+
+    def _deploy_chains(self, ctx: Context, names: Sequence[str]) -> list[Outcome]:
+        bundles, outcomes = self._verified_chains(ctx, names)
+        if bundles:
+            try:
+                outcomes.update(self._switch_chains(ctx, bundles))
+            except PftlsError as exc:
+                # One transaction for the lineages that passed: all were undone together.
+                action = "failed" if isinstance(exc, RollbackFailedError) else "rolled-back"
+                outcomes.update({n: Outcome(n, action, error=exc) for n in bundles})
+        return [outcomes[n] for n in names]
+
+    def _switch_chains(
+        self, ctx: Context, bundles: Mapping[str, VerifiedBundle]
+    ) -> dict[str, Outcome]:
+        layout = self._combined()
+        layout.check(create=True)
+        layout.clean_temps()
+        plan = self._plan(ctx, bundles)
+        proofs = {e: bundles[n].leaf_sha256 for n, es in plan.probes.items() for e in es}
+        # What each endpoint serves now, for the rollback's proof and the no-op check. A
+        # name not in the SNI table yet gets the default chains, which are probed anyway.
+        listed = ctx.sni_table
+        before = self.served([e for e in proofs if e.servername is None or e.servername in listed])
+        params = self._main_cf_for(ctx, plan)
+        table_path = sni.table_path(layout.path)
+        table = sni.render(plan.table) if plan.table else None
+        todo = [n for n, b in bundles.items() if not layout.holds_file(n, b)]
+        done = {
+            n: Outcome(n, "deployed", b.leaf_sha256, b.warnings, tuple(map(str, plan.probes[n])))
+            for n, b in bundles.items()
+        }
+        switches: list[Callable[[], Installed]] = [
+            partial(layout.install, n, bundles[n], chain_files=True) for n in todo
+        ]
+        if table is not None and table != sni.current_bytes(table_path):
+            switches.append(partial(sni.switch, table_path, table))
+        if not switches and ctx.pointing_everywhere(params):
+            if all(before.get(t) == sha for t, sha in proofs.items()):
+                log.info("%s: already installed and served: nothing to do", ", ".join(bundles))
+                return {n: replace(o, action="unchanged") for n, o in done.items()}
+            up = self._reload(ctx)
+            if not up:
+                return {n: self._not_running(o) for n, o in done.items()}
+            self._prove(proofs, up)
+            return {n: replace(o, action="reloaded") for n, o in done.items()}
+        installed, running = self._apply(switches, ctx, proofs, before, params)
+        keep = {*map(Path, ctx.state.pointed_files()), *(f for i in installed for f in i.files)}
+        keep.update(Path(f) for files in ctx.sni_table.values() for f in files)
+        keep.update(i.previous for i in installed if i.previous is not None)
+        for removed in layout.prune_many(todo, keep):
+            log.info("pruned %s", removed)
+        if not running:
+            return {n: self._not_running(o) for n, o in done.items()}
+        return done
 
     def _switch(self, name: str, bundle: VerifiedBundle, ctx: Context) -> Outcome:
         before = self.served(ctx.endpoints)
         expected = bundle.leaf_sha256
         done = Outcome(name, "deployed", expected, bundle.warnings, tuple(map(str, ctx.endpoints)))
         pointed = ctx.state.pointed_files()
-        installed_already = self.install_dir.holds(name, bundle, pointed)
+        installed_already = all(
+            self.install_dir.holds(name, bundle, i.state.pointed_files()) for i in ctx.instances
+        )
         if installed_already and all(before.get(e) == expected for e in ctx.endpoints):
             log.info("%s: already installed and served: nothing to do", name)
             return replace(done, action="unchanged")
@@ -274,16 +497,17 @@ class Deployer:
         if installed_already:
             # Installed but not served (a missed reload, a killed run), or nothing to probe
             # by: reload only.
-            if not self.postfix.reload():
+            up = self._reload(ctx)
+            if not up:
                 return self._not_running(done)
-            self._prove(ctx.endpoints, expected)
+            self._prove(dict.fromkeys(ctx.endpoints, expected), up)
             return replace(done, action="reloaded")
 
         chain_files = ctx.state.uses_chain_files
-        installed, running = self._apply(
-            lambda: self.install_dir.install(name, bundle, chain_files=chain_files),
+        (installed,), running = self._apply(
+            [lambda: self.install_dir.install(name, bundle, chain_files=chain_files)],
             ctx,
-            expected,
+            dict.fromkeys(ctx.endpoints, expected),
             before,
         )
         # Keep what was served before this deploy (for rollback) and the new files.
@@ -305,38 +529,68 @@ class Deployer:
 
     def _apply(
         self,
-        switch: Callable[[], Installed],
+        switches: Sequence[Callable[[], Installed]],
         ctx: Context,
-        expected: str,
+        proofs: Mapping[Endpoint, str],
         before: dict[Endpoint, str],
-    ) -> tuple[Installed, bool]:
-        """Switch the files in, point main.cf at them, check, reload, prove; or undo it all.
-        Returns what was installed and whether Postfix was running (reloaded and probed)."""
-        txn = Transaction(self.postfix)
-        installed = txn.switch(switch)
+        params: Mapping[str, str] | None = None,
+    ) -> tuple[list[Installed], bool]:
+        """Switch the files in, point main.cf at them (`params`, else what the one switch
+        says), check, reload, prove each endpoint serves its `proofs` certificate; or undo
+        it all. Returns what was installed and whether Postfix was running."""
+        txn = Transaction(*self.postfixes)
         try:
-            log.info("switched in %s", ", ".join(str(f) for f in installed.files))
-            changed = {
-                k: v for k, v in installed.params.items() if ctx.state.effective.get(k, "") != v
-            }
-            txn.set_main_cf(changed)
-            if changed:
-                # Only a main.cf change can break Postfix's configuration; a routine renewal
-                # (same file name, new bytes already verified) skips the 0.15 s check.
-                self.postfix.check()
-            if not self.postfix.reload():
+            for switch in switches:
+                txn.switch(switch)
+        except BaseException:
+            txn.undo()  # only files were switched: main.cf untouched, nothing reloaded
+            raise
+        installed = txn.switched
+        try:
+            log.info("switched in %s", ", ".join(str(f) for i in installed for f in i.files))
+            wanted = params if params is not None else installed[0].params
+            for instance in ctx.instances:
+                effective = instance.state.effective
+                changed = {k: v for k, v in wanted.items() if effective.get(k, "") != v}
+                txn.set_main_cf(changed, instance.postfix)
+                if changed:
+                    # Only a main.cf change can break Postfix's configuration; a routine
+                    # renewal (same file name, new bytes already verified) skips the check.
+                    instance.postfix.check()
+            up = self._reload(ctx)
+            if not up:
                 return installed, False
-            self._prove(ctx.endpoints, expected)
+            self._prove(proofs, up)
         except BaseException as exc:
             # Every exit path, a signal included, puts the previous state back.
             roll_back(txn, dict(before), self.settings.probe_timeout, reason=exc)
             raise  # roll_back raised for PftlsError; other exceptions continue as they were
         return installed, True
 
-    def _prove(self, endpoints: Sequence[Endpoint], expected: str) -> None:
-        if endpoints:
-            probe.wait_for(endpoints, expected, timeout=self.settings.probe_timeout)
-            log.info("probe: %s serve the new certificate", ", ".join(map(str, endpoints)))
+    def _reload(self, ctx: Context) -> list[Instance]:
+        """Reload every instance (a failure raises); returns those running."""
+        return [i for i in ctx.instances if i.postfix.reload()]
+
+    def _prove(self, proofs: Mapping[Endpoint, str], running: Sequence[Instance] = ()) -> None:
+        """Each endpoint of a running instance serves its certificate, all within one
+        deadline."""
+
+        if running:
+            live = {e for i in running for e in i.endpoints}
+            if self.settings.probes:
+                live.update(self.settings.probes)
+            proofs = {
+                e: sha
+                for e, sha in proofs.items()
+                if replace(e, algorithm=None, servername=None) in live
+            }
+        if not proofs:
+            return
+        probe.wait_for_each(proofs, timeout=self.settings.probe_timeout)
+        where = list(map(str, proofs))
+        if len(where) > _LISTED:
+            where = [*where[:_LISTED], f"and {len(where) - _LISTED} more"]
+        log.info("probe: %s serve the new certificate", ", ".join(where))
 
     def rollback(self) -> Outcome:
         """Switch back to the version installed before the current one, verified again."""
@@ -345,6 +599,11 @@ class Deployer:
             self.install_dir.check()
             pointed = ctx.state.pointed_files()
             name = self.install_dir.lineage_of(pointed)
+            if ctx.selection.several:
+                raise EnvironmentRefusedError(
+                    "main.cf lists several chains: rollback handles one; install the "
+                    "previous version with `install NAME` after certbot's own rollback"
+                )
             if name is None:
                 raise EnvironmentRefusedError(
                     "main.cf does not point into the install dir: nothing to roll back"
@@ -355,13 +614,50 @@ class Deployer:
             bundle = self.verify(files, ctx)
             self.dane_guard(name, bundle, ctx)
             before = self.served(ctx.endpoints)
-            _, running = self._apply(switch, ctx, bundle.leaf_sha256, before)
+            _, running = self._apply(
+                [switch], ctx, dict.fromkeys(ctx.endpoints, bundle.leaf_sha256), before
+            )
             log.info("%s: rolled back", name)
             proven = tuple(map(str, ctx.endpoints)) if running else ()
             return Outcome(name, "rolled-back", bundle.leaf_sha256, bundle.warnings, proven)
 
-    def _dry_run(self, name: str | None) -> Outcome:
+    def _dry_run_all(self) -> list[Outcome]:
         ctx = self.context()
+        if not ctx.selection.several:
+            return [self._dry_run(None, ctx)]
+        for note in ctx.notes:
+            log.warning("%s", note)
+        layout = self._combined()
+        layout.check(create=False)
+        names = ctx.selection.lineages
+        bundles, outcomes = self._verified_chains(ctx, names)
+        for name, bundle in bundles.items():
+            if layout.holds_file(name, bundle):
+                plan = [f"{name}: already installed"]
+            else:
+                plan = [f"would write {line}" for line in layout.plan(name, chain_files=True)[0]]
+            outcomes[name] = Outcome(
+                name, "dry-run", bundle.leaf_sha256, bundle.warnings, detail=tuple(plan)
+            )
+        served = self._plan(ctx, bundles)
+        common = [f"chains: {', '.join(served.chain_files) or 'none'}"]
+        common += [f"SNI {name}: {', '.join(files)}" for name, files in served.table.items()]
+        table = sni.render(served.table) if served.table else None
+        if table is not None and table != sni.current_bytes(sni.table_path(layout.path)):
+            common.append(f"would write {sni.table_path(layout.path)} (0600)")
+        common += _postconf_plan(ctx, self._main_cf_for(ctx, served))
+        probes = [str(e) for es in served.probes.values() for e in es]
+        common.append(
+            "would run postfix reload and probe " + (", ".join(probes) or "nothing")
+            if bundles
+            else "nothing to deploy"
+        )
+        last = names[-1]
+        outcomes[last] = replace(outcomes[last], detail=(*outcomes[last].detail, *common))
+        return [outcomes[n] for n in names]
+
+    def _dry_run(self, name: str | None, ctx: Context | None = None) -> Outcome:
+        ctx = ctx or self.context()
         for note in ctx.notes:
             log.warning("%s", note)
         snapshot, bundle = self.read_and_verify(name, ctx)
@@ -373,11 +669,7 @@ class Deployer:
         else:
             files, params = self.install_dir.plan(name, chain_files=ctx.state.uses_chain_files)
             plan = [f"would write {line}" for line in files]
-            plan += [
-                f"would run postconf -e '{k} = {v}'"
-                for k, v in params.items()
-                if ctx.state.effective.get(k, "") != v
-            ]
+            plan += _postconf_plan(ctx, params)
             plan.append(
                 "would run postfix check (if main.cf changes), postfix reload, and probe "
                 + (", ".join(map(str, ctx.endpoints)) or "nothing")
@@ -385,4 +677,30 @@ class Deployer:
         return Outcome(name, "dry-run", bundle.leaf_sha256, bundle.warnings, detail=tuple(plan))
 
 
-__all__ = ["Context", "Deployer", "Outcome", "Transaction", "roll_back", "utcnow"]
+def _postconf_plan(ctx: Context, values: Mapping[str, str]) -> list[str]:
+    """What a deploy would set, for each instance whose main.cf differs (one postconf -e
+    per instance runs them all)."""
+    plan = []
+    for instance in ctx.instances:
+        where = f"-c {instance.postfix.config_dir} " if len(ctx.instances) > 1 else ""
+        plan += [
+            f"would run postconf {where}-e '{k} = {v}'"
+            for k, v in values.items()
+            if instance.state.effective.get(k, "") != v
+        ]
+    return plan
+
+
+def worst(outcomes: Sequence[Outcome]) -> PftlsError | None:
+    """The error that decides a command's result when several lineages were deployed: a
+    failed rollback, then a rolled-back deploy, then anything else, then a refusal."""
+    errors = [o.error for o in outcomes if o.error is not None]
+    for kind in (RollbackFailedError, DeployFailedError):
+        found = next((e for e in errors if isinstance(e, kind)), None)
+        if found is not None:
+            return found
+    others = [e for e in errors if not isinstance(e, RefusedError)]
+    return next(iter(others or errors), None)
+
+
+__all__ = ["Context", "Deployer", "Outcome", "Transaction", "roll_back", "utcnow", "worst"]

@@ -6,6 +6,7 @@ Contract: `install_dir(path, layout)` returns a `Combined` or `Separate` object;
   `undo()` that puts the files back as they were;
 - `holds(name, bundle, pointed)`: do the files main.cf points at hold exactly these bytes?
 - `lineage_of(pointed)`: which lineage main.cf points at, if it points into this dir;
+  `lineages_of(pointed)`: all of them, when main.cf lists several chains (combined only);
 - `previous(name, pointed, chain_files=)`: the version before the current one, as bytes to
   verify again and a switch to it (rollback);
 - `plan(name, chain_files=)`: what `install` would write, and the main.cf values (dry run).
@@ -45,6 +46,7 @@ from pftls_hook.verify import SourceFiles, VerifiedBundle, split_pem
 
 _TEMP = re.compile(r"^\..+" + re.escape(TEMP_INFIX) + r"[0-9]+$")
 _STAMP = r"\.[0-9]{8}T[0-9]{12}Z"
+_VERSION = re.compile(r"^(.+)" + _STAMP + r"\.(pem|key|crt)$")  # <lineage>.<stamp>.<kind>
 
 
 @dataclass(frozen=True)
@@ -106,15 +108,18 @@ class InstallDir:
                 f"{self.path}: cannot remove a stale temp file: {exc.strerror}"
             ) from None
 
-    def versions(self, name: str, suffix: str) -> list[Path]:
-        """Versioned files of a lineage, oldest first (the stamp sorts by time)."""
-        pattern = re.compile(re.escape(name) + _STAMP + re.escape(suffix) + "$")
+    def versions(self, name: str, suffix: str = "") -> list[Path]:
+        """Versioned files of a lineage (of every kind when no `suffix` is given), oldest
+        first (the stamp sorts by time). One listing of the directory, names compared as
+        strings first: with a thousand lineages side by side (SNI) this runs per lineage."""
+        kinds = re.escape(suffix) if suffix else r"\.(pem|key|crt)"
+        pattern = re.compile(re.escape(name) + _STAMP + kinds + "$")
+        prefix = f"{name}."
         try:
-            return sorted(
-                self.path / e.name for e in os.scandir(self.path) if pattern.match(e.name)
-            )
+            names = os.listdir(self.path)
         except FileNotFoundError:
             return []
+        return sorted(self.path / n for n in names if n.startswith(prefix) and pattern.match(n))
 
     def prune(self, name: str, keep: set[Path]) -> list[Path]:
         """Delete every version of `name` not in `keep` (the deploy keeps the new version
@@ -122,11 +127,27 @@ class InstallDir:
         before its switch was never served: it goes too, or a later rollback would land on
         it instead of the certificate served before."""
         removed = []
-        for suffix in (".pem", ".key", ".crt"):
-            for path in self.versions(name, suffix):
-                if path not in keep:
-                    path.unlink(missing_ok=True)
-                    removed.append(path)
+        for path in self.versions(name):
+            if path not in keep:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
+    def prune_many(self, names: Sequence[str], keep: set[Path]) -> list[Path]:
+        """`prune` for several lineages in one listing of the directory (a thousand SNI
+        lineages deployed at once would otherwise list it a thousand times)."""
+        wanted = set(names)
+        removed = []
+        try:
+            entries = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            found = _VERSION.match(entry)
+            path = self.path / entry
+            if found and found.group(1) in wanted and path not in keep:
+                path.unlink(missing_ok=True)
+                removed.append(path)
         return removed
 
     def _ours(self, pointed: Sequence[str]) -> list[Path]:
@@ -163,15 +184,22 @@ class Combined(InstallDir):
             None,
         )
 
-    def lineage_of(self, pointed: Sequence[str]) -> str | None:
+    def lineages_of(self, pointed: Sequence[str]) -> list[str]:
         ours = self._ours(pointed)
-        if len(ours) == 1 and ours[0].suffix == ".pem" and not re.search(_STAMP, ours[0].name):
-            return ours[0].name.removesuffix(".pem")
-        return None
+        if all(p.suffix == ".pem" and not re.search(_STAMP, p.name) for p in ours):
+            return [p.name.removesuffix(".pem") for p in ours]
+        return []
+
+    def lineage_of(self, pointed: Sequence[str]) -> str | None:
+        names = self.lineages_of(pointed)
+        return names[0] if len(names) == 1 else None
 
     def holds(self, name: str, bundle: VerifiedBundle, pointed: Sequence[str]) -> bool:
-        current = self.current_path(name)
-        return list(pointed) == [str(current)] and self._holds([current], [bundle.combined_pem()])
+        return list(pointed) == [str(self.current_path(name))] and self.holds_file(name, bundle)
+
+    def holds_file(self, name: str, bundle: VerifiedBundle) -> bool:
+        """Does `<name>.pem` hold exactly these bytes (whatever main.cf says)?"""
+        return self._holds([self.current_path(name)], [bundle.combined_pem()])
 
     def plan(self, name: str, *, chain_files: bool) -> tuple[list[str], dict[str, str]]:
         target = str(self.current_path(name))
@@ -259,6 +287,10 @@ class Combined(InstallDir):
 
 
 class Separate(InstallDir):
+    def lineages_of(self, pointed: Sequence[str]) -> list[str]:
+        name = self.lineage_of(pointed)
+        return [name] if name is not None else []
+
     def lineage_of(self, pointed: Sequence[str]) -> str | None:
         ours = self._ours(pointed)
         if len(ours) != 2:

@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -301,7 +301,7 @@ def _result(outcome: Outcome | None, error: BaseException | None) -> str:
 def _update(
     deployer: Deployer,
     report: Report | None,
-    attempt: tuple[str, str] | None,  # (lineage, result) of a deploy attempt to count
+    attempts: Sequence[tuple[str, str]],  # (lineage, result) of each deploy attempt to count
 ) -> None:
     path = deployer.settings.metrics_file
     if path is None:
@@ -314,13 +314,13 @@ def _update(
         with _locked(path.parent):
             store = counters_file(path)
             counters = _read_counters(store)
-            if attempt is not None:
-                lineage, result = attempt
-                now = time.time()
+            now = time.time()
+            for lineage, result in attempts:
                 counters.deploys[result] += 1
                 counters.last_attempt = now
                 if result in ("deployed", "unchanged", "reloaded"):
                     counters.last_success[lineage] = now
+            if attempts:
                 payload = {
                     "deploys": counters.deploys,
                     "last_attempt": counters.last_attempt,
@@ -341,13 +341,26 @@ def deploy(deployer: Deployer, name: str | None, *, only_if_ours: bool = False) 
     try:
         outcome = deployer.deploy(name, only_if_ours=only_if_ours)
     except (PftlsError, OSError) as exc:
-        _update(deployer, None, (name or "", _result(None, exc)))
+        _update(deployer, None, [(name or "", _result(None, exc))])
         raise
     if outcome.action != "skipped":
-        _update(deployer, None, (outcome.lineage, _result(outcome, None)))
+        _update(deployer, None, [(outcome.lineage, _result(outcome, None))])
     return outcome
+
+
+def deploy_all(deployer: Deployer) -> list[Outcome]:
+    """`deployer.deploy_all()` (every selected chain), each lineage's attempt counted."""
+    if deployer.settings.metrics_file is None or deployer.settings.dry_run:
+        return deployer.deploy_all()
+    try:
+        outcomes = deployer.deploy_all()
+    except (PftlsError, OSError) as exc:
+        _update(deployer, None, [("", _result(None, exc))])
+        raise
+    _update(deployer, None, [(o.lineage, _result(o, o.error)) for o in outcomes])
+    return outcomes
 
 
 def refresh(deployer: Deployer, report: Report | None = None) -> None:
     """Rewrite the metrics file from `report` (or a fresh look), counting nothing."""
-    _update(deployer, report, None)
+    _update(deployer, report, [])

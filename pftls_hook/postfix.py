@@ -24,7 +24,12 @@ from pftls_hook import runner
 from pftls_hook.config import Endpoint
 
 # The parameters pftls-hook manages (DESIGN invariant 5: nothing else in main.cf).
-MANAGED = ("smtpd_tls_cert_file", "smtpd_tls_key_file", "smtpd_tls_chain_files")
+MANAGED = (
+    "smtpd_tls_cert_file",
+    "smtpd_tls_key_file",
+    "smtpd_tls_chain_files",
+    "tls_server_sni_maps",
+)
 _READ = (
     "myhostname",
     *MANAGED,

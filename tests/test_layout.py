@@ -10,8 +10,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pftls_hook"
 CORE = (
-    "config", "deploy", "errors", "fsutil", "install", "lineage", "lock", "postfix", "probe",
-    "runner", "select", "verify",
+    "chains", "config", "deploy", "errors", "fsutil", "install", "lineage", "lock", "postfix",
+    "probe", "runner", "select", "sni", "verify",
     "dane",  # the DANE guard, a stage of the deploy; dnspython itself loads only to look up
 )  # fmt: skip
 # What the CLI itself needs beyond the core: its own module, the package, and the setup

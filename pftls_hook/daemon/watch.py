@@ -429,8 +429,8 @@ class Daemon:
     def _sync(self, now: float) -> None:
         try:
             if self._reconcile:
-                # The selected lineage; a no-op (one probe) when installed and served.
-                outcomes = [metrics.deploy(self.deployer, None)]
+                # The selected chains; a no-op (one probe each) when installed and served.
+                outcomes = metrics.deploy_all(self.deployer)
             else:
                 outcomes = [
                     metrics.deploy(self.deployer, n, only_if_ours=True) for n in sorted(self._dirty)
@@ -453,8 +453,15 @@ class Daemon:
         for outcome in outcomes:
             if outcome.action == "skipped":
                 log.info("%s changed; %s: ignored", outcome.lineage, "; ".join(outcome.detail))
-            else:
+            elif outcome.error is None:
                 self._done(outcome)
+        failed = next((o for o in outcomes if o.error is not None), None)
+        if failed is not None:  # several chains: the others went on; retry this one
+            self._reconcile = True
+            error = failed.error
+            publish = error.publish if isinstance(error, DaneRefusedError) else ()
+            cap = DANE_MAX_RETRY if isinstance(error, DaneRefusedError) else MAX_RETRY
+            self._failed(failed.lineage, str(error), now, cap=cap, publish=publish)
 
     def _done(self, outcome: Outcome) -> None:
         self._serving = outcome.lineage  # deploy() has logged what it did

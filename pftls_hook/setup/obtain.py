@@ -67,6 +67,8 @@ _FLAGS = (
     ("dane", "--dane"),
     ("dns_resolvers", "--dns-resolver"),
     ("metrics_file", "--metrics-file"),
+    ("sni", "--sni"),
+    ("postfix_config_dirs", "--postfix-config-dir"),  # repeats the first one: deduplicated
 )
 # Deploy settings that only the config file or the environment can give: certbot runs the
 # hook without our environment, so these must live in the file.

@@ -54,7 +54,16 @@ def pointed_files(postfix: PostfixInstance) -> tuple[Path, ...]:
 def pointed_pair(postfix: PostfixInstance) -> PointedPair:
     """Parse what main.cf points at: exactly one private key, at least one certificate,
     and the first certificate (the leaf) for that key."""
-    files = pointed_files(postfix)
+    return _pair(pointed_files(postfix))
+
+
+def pointed_chains(postfix: PostfixInstance) -> list[PointedPair]:
+    """Each file smtpd_tls_chain_files lists, parsed as its own pair (several chains, one
+    per key algorithm, each file key first then its chain)."""
+    return [_pair((path,)) for path in pointed_files(postfix)]
+
+
+def _pair(files: tuple[Path, ...]) -> PointedPair:
     blocks: list[tuple[str, bytes]] = []
     for path in files:
         assert path.is_file(), f"main.cf names {path}, which is not a file"
@@ -73,4 +82,4 @@ def stale_temps(install_dir: Path) -> list[str]:
     return sorted(p.name for p in install_dir.iterdir() if TEMP.match(p.name))
 
 
-__all__ = ["TEMP", "PointedPair", "pointed_files", "pointed_pair", "stale_temps"]
+__all__ = ["TEMP", "PointedPair", "pointed_chains", "pointed_files", "pointed_pair", "stale_temps"]
