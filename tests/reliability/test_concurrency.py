@@ -242,7 +242,7 @@ def test_install_during_a_renewal_finds_it(tmp_path: Path, inter: CA) -> None:
     certbot = threading.Timer(0.5, finish_renewal, args=(config,))
     certbot.start()
     try:
-        assert choose(settings, [NAME], None).lineage == NAME
+        assert choose(settings, [NAME], []).lineage == NAME
     finally:
         certbot.join(timeout=10)
 
@@ -255,6 +255,6 @@ def test_a_lineage_left_half_renewed_is_not_waited_for(tmp_path: Path, inter: CA
     settings = Settings(live_dir=config / "live", settle_timeout=10)
 
     started = time.monotonic()
-    selection = choose(settings, [NAME], None)
+    selection = choose(settings, [NAME], [])
     assert selection.lineage is None and "no lineage to deploy" in selection.why_none
     assert time.monotonic() - started < 2
