@@ -6,7 +6,6 @@ the real certbot, its deploy hook and the watch daemon (slow)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import shlex
@@ -16,8 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.support import lineage as fake
 from tests.support import sclient
@@ -29,7 +26,7 @@ from tests.support.pebble import Pebble
 from tests.support.pki import CA
 from tests.support.postfix import PostfixInstance
 from tests.support.tool import NAME, Tool, assert_exit
-from tests.support.trusted import sha, trusting_tool
+from tests.support.trusted import live_sha, sha, trusting_tool
 
 HOST = "127.0.0.1"
 EC, RSA = "mail-ecdsa", "mail-rsa"  # the lineages, as `certbot --cert-name` names them
@@ -163,11 +160,6 @@ def test_dry_run_shows_both_chains_and_changes_nothing(tool: Tool, inter: CA) ->
     assert "would run postconf -e 'smtpd_tls_chain_files = " in result.stdout
     assert tool.postfix.main_cf_bytes() == main_cf
     assert not tool.install_dir.exists() or not any(tool.install_dir.iterdir())
-
-
-def live_sha(certbot: Certbot, name: str) -> str:
-    cert = x509.load_pem_x509_certificate((certbot.lineage(name) / "cert.pem").read_bytes())
-    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ against a real private Postfix 3.7."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import stat
@@ -13,8 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.support import lineage as fake
 from tests.support import sclient
@@ -24,7 +21,7 @@ from tests.support.pebble import Pebble
 from tests.support.pki import CA, Leaf
 from tests.support.postfix import PostfixInstance
 from tests.support.tool import NAME, Tool, assert_exit
-from tests.support.trusted import sha, trusting_tool
+from tests.support.trusted import live_sha, sha, trusting_tool
 
 HOST = "127.0.0.1"
 ONE, TWO = "mx.one.example", "mx.two.example"  # SNI names; lineages are named after them
@@ -194,11 +191,6 @@ def test_a_name_that_is_not_a_dns_name_is_a_usage_error(tool: Tool) -> None:
     assert_exit(result, 2)
     assert result.stderr.count("\n") == 1 and "is not a DNS name" in result.stderr
     assert tool.postfix.main_cf_bytes() == main_cf
-
-
-def live_sha(certbot: Certbot, name: str) -> str:
-    cert = x509.load_pem_x509_certificate((certbot.lineage(name) / "cert.pem").read_bytes())
-    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
 
 
 @pytest.mark.slow
