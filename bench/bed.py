@@ -49,9 +49,9 @@ def say(text: str) -> None:
 
 
 @contextlib.contextmanager
-def workspace(keep: bool) -> Iterator[Path]:
+def workspace(keep: bool, prefix: str = "pftls-bench-") -> Iterator[Path]:
     """A short temporary directory, traversable (0711) by Postfix's unprivileged daemons."""
-    base = Path(tempfile.mkdtemp(prefix="pftls-bench-"))
+    base = Path(tempfile.mkdtemp(prefix=prefix))
     base.chmod(0o711)
     try:
         yield base

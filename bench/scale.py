@@ -23,20 +23,18 @@ failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bed import workspace
 from tests.support import lineage as fake
 from tests.support.net import free_port
 from tests.support.pki import CA
@@ -60,20 +58,6 @@ def say(text: str) -> None:
 
 def names(count: int) -> list[str]:
     return [f"mx{i:04d}.scale.example" for i in range(count)]
-
-
-@contextlib.contextmanager
-def workspace(keep: bool) -> Iterator[Path]:
-    # Traversable (0711) by Postfix's unprivileged daemons; see tests/conftest.py.
-    base = Path(tempfile.mkdtemp(prefix="pftls-scale-"))
-    base.chmod(0o711)
-    try:
-        yield base
-    finally:
-        if keep:
-            say(f"kept {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def timed(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
@@ -187,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
-    with workspace(args.keep) as base:
+    with workspace(args.keep, prefix="pftls-scale-") as base:
         results = run(args.names, base)
     text = report(args.names, results)
     print(text)

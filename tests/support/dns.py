@@ -50,6 +50,7 @@ import dns.update
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .net import LOOPBACK, free_port, wait_until
+from .process import terminate
 
 KNOTD = "/usr/sbin/knotd"
 UNBOUND = "/usr/sbin/unbound"
@@ -148,13 +149,7 @@ class _Process:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=STOP_TIMEOUT)
+        terminate(proc, STOP_TIMEOUT)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -12,6 +12,7 @@ from typing import IO
 
 from .net import LOOPBACK, free_port, port_accepts, wait_until
 from .pki import CA
+from .process import terminate
 
 PEBBLE = "/usr/bin/pebble"
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -123,13 +124,7 @@ class Pebble:
     def stop(self) -> None:
         """Stop pebble (idempotent) and wait for it to exit."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=STOP_TIMEOUT)
+        terminate(proc, STOP_TIMEOUT)
         if self._log is not None:
             self._log.close()
             self._log = None
