@@ -305,16 +305,26 @@ def _add_setup_commands(sub: Any, after: argparse.ArgumentParser) -> None:
         epilog=OBTAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    obtain.add_argument("-d", "--domain", metavar="NAME", action="append", required=True)
-    obtain.add_argument("-m", "--email", metavar="ADDR", required=True)
-    obtain.add_argument("--authenticator", choices=AUTHENTICATORS, default="dns-ovh")
+    obtain.add_argument("-d", "--domain", metavar="NAME", action="append", required=True,
+                        help="a name the certificate covers (repeatable)")  # fmt: skip
+    obtain.add_argument("-m", "--email", metavar="ADDR", required=True,
+                        help="the ACME account's contact address")  # fmt: skip
+    obtain.add_argument("--authenticator", choices=AUTHENTICATORS, default="dns-ovh",
+                        help="how certbot proves the names (default dns-ovh)")  # fmt: skip
+    obtain.add_argument(
+        "--key-type",
+        metavar="TYPES",
+        help="e.g. ecdsa,rsa: one lineage per key type (<first name>-ecdsa, <first name>-rsa),"
+        " served side by side; default: certbot's own (one lineage)",
+    )
     obtain.add_argument("--dns-ovh-credentials", metavar="FILE", help="OVH API keys (see below)")
     obtain.add_argument(
         "--propagation-seconds", metavar="N", type=int, default=60, help=PROPAGATION_HELP
     )
-    obtain.add_argument("--server", metavar="URL")
-    obtain.add_argument("--webroot-path", metavar="DIR")
-    obtain.add_argument("--certbot-arg", metavar="ARG", action="append", default=[])
+    obtain.add_argument("--server", metavar="URL", help="ACME directory (default Let's Encrypt)")
+    obtain.add_argument("--webroot-path", metavar="DIR", help="with --authenticator webroot")
+    obtain.add_argument("--certbot-arg", metavar="ARG", action="append", default=[],
+                        help="passed to certbot as it is (repeatable)")  # fmt: skip
     sub.add_parser("register", parents=[after], help="install certbot's deploy hook file")
     sub.add_parser("unregister", parents=[after], help="remove certbot's deploy hook file")
 
@@ -346,6 +356,7 @@ def _setup_command(ns: argparse.Namespace, settings: Settings) -> int:
                 server=ns.server,
                 webroot_path=Path(ns.webroot_path) if ns.webroot_path else None,
                 certbot_args=tuple(ns.certbot_arg),
+                key_types=tuple(t for t in (ns.key_type or "").split(",") if t),
             ),
         )
         if outcome is not None:

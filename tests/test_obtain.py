@@ -21,11 +21,13 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from pftls_hook.setup.credentials import ENDPOINTS
 from pftls_hook.setup.obtain import certbot_command
 from tests.conftest import MakePostfix
+from tests.support import sclient
 from tests.support.certbot import CERTBOT, Certbot
 from tests.support.net import LOOPBACK
 from tests.support.pebble import Pebble
@@ -361,11 +363,11 @@ def certbot_tool(
 
 
 def obtain_standalone(
-    tool: Tool, pebble: Pebble, certbot: Certbot, *domains: str
+    tool: Tool, pebble: Pebble, certbot: Certbot, *domains: str, extra: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
     args = [arg for domain in domains for arg in ("--domain", domain)]
     return tool.run(
-        "obtain", *args, "--email", "admin@test.example",
+        "obtain", *args, *extra, "--email", "admin@test.example",
         "--authenticator", "standalone", "--server", pebble.directory_url,
         f"--certbot-arg=--http-01-port={pebble.http01_port}",
         f"--certbot-arg=--http-01-address={LOOPBACK}",
@@ -432,3 +434,36 @@ def test_obtain_with_one_more_name_expands_the_lineage_and_postfix_serves_it(
     expanded = leaf_sha256(lineage)
     assert expanded != first
     assert served_sha256(LOOPBACK, postfix.port) == expanded
+
+
+@pytest.mark.slow
+def test_obtain_key_types_makes_an_ecdsa_and_an_rsa_lineage_served_side_by_side(
+    tmp_path: Path, pebble: Pebble, certbot: Certbot, postfix: PostfixInstance
+) -> None:
+    """The dual setup in one command: `--key-type ecdsa,rsa` has certbot make
+    `<name>-ecdsa` and `<name>-rsa`, and each client is served its algorithm's chain."""
+    tool = certbot_tool(tmp_path, pebble, certbot, postfix)
+
+    result = obtain_standalone(tool, pebble, certbot, NAME, extra=("--key-type", "ecdsa,rsa"))
+
+    assert_exit(result, EXIT_OK)
+    ecdsa_dir, rsa_dir = certbot.live_dir / f"{NAME}-ecdsa", certbot.live_dir / f"{NAME}-rsa"
+    key_ecdsa = x509.load_pem_x509_certificate((ecdsa_dir / "cert.pem").read_bytes()).public_key()
+    key_rsa = x509.load_pem_x509_certificate((rsa_dir / "cert.pem").read_bytes()).public_key()
+    assert isinstance(key_ecdsa, ec.EllipticCurvePublicKey), key_ecdsa
+    assert isinstance(key_rsa, rsa.RSAPublicKey), key_rsa
+    served = {
+        sigalgs: sclient.served_sha256(LOOPBACK, postfix.port, sigalgs)
+        for sigalgs in (sclient.ECDSA_ONLY, sclient.RSA_ONLY)
+    }
+    assert served[sclient.ECDSA_ONLY] == leaf_sha256(ecdsa_dir)
+    assert served[sclient.RSA_ONLY] == leaf_sha256(rsa_dir)
+
+
+def test_obtain_refuses_an_unknown_key_type_before_running_anything(offline_tool: Tool) -> None:
+    result = offline_tool.run(
+        "obtain", "-d", NAME, "-m", "admin@test.example", "--authenticator", "standalone",
+        "--key-type", "ecdsa,dsa",
+    )  # fmt: skip
+    assert_exit(result, EXIT_USAGE)
+    assert "--key-type" in result.stderr

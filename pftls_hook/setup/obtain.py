@@ -45,6 +45,7 @@ from pftls_hook.verify import dns_names, name_covers
 log = logging.getLogger("pftls-hook")
 
 HOOK_FILE = "pftls-hook"
+KEY_TYPES = ("ecdsa", "rsa")  # what certbot's --key-type takes, and the probe tells apart
 MARKER = "# pftls-hook register: managed file, `pftls-hook unregister` removes it"
 # The caller's variables certbot may need, passed through by name: a private ACME server's
 # CA (REQUESTS_CA_BUNDLE; pebble in the tests) and an HTTP proxy. Nothing else leaks in.
@@ -85,6 +86,8 @@ class ObtainRequest:
     server: str | None = None
     webroot_path: Path | None = None
     certbot_args: tuple[str, ...] = ()  # passed to certbot verbatim, after ours
+    # One lineage per key type, `<first domain>-<type>`; () = certbot's default, one lineage.
+    key_types: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------ the hook command
@@ -236,6 +239,13 @@ def _validate(request: ObtainRequest) -> None:
         check_credentials(request.credentials)
     if request.authenticator == "webroot" and request.webroot_path is None:
         raise UsageError("obtain --authenticator webroot: give --webroot-path DIR")
+    unknown = [t for t in request.key_types if t not in KEY_TYPES]
+    if unknown or len(set(request.key_types)) != len(request.key_types):
+        raise UsageError(f"--key-type: distinct ones of {', '.join(KEY_TYPES)}, e.g. ecdsa,rsa")
+    if request.key_types and any(
+        a.split("=")[0] in ("--cert-name", "--key-type") for a in request.certbot_args
+    ):
+        raise UsageError("--key-type names the lineages itself: drop --cert-name/--key-type")
 
 
 def _certbot_failure(result: runner.Result) -> CommandError:
@@ -249,6 +259,25 @@ def _certbot_failure(result: runner.Result) -> CommandError:
     ]
     detail = " / ".join(lines[-2:]) or "no output"
     return CommandError(f"certbot certonly exited {result.returncode}: {detail}")
+
+
+def _certbot_runs(
+    settings: Settings, request: ObtainRequest
+) -> list[tuple[list[str], LineagePlan | None]]:
+    """certbot's command(s): one per key type, each naming its lineage `<first>-<type>`
+    (an existing one is expanded to the names asked for); else one, its lineage planned
+    (expanded or new) unless the admin named it."""
+    if request.key_types:
+        first = _norm(request.domains[0])
+        base = obtain_argv(settings, request)
+        return [
+            ([*base, "--cert-name", f"{first}-{kind}", "--expand", "--key-type", kind], None)
+            for kind in request.key_types
+        ]
+    plan = None
+    if not any(a.split("=")[0] in ("--cert-name", "--expand") for a in request.certbot_args):
+        plan = plan_lineage(settings, request.domains)  # else the admin chose
+    return [(obtain_argv(settings, request, plan), plan)]
 
 
 def obtain(
@@ -266,26 +295,26 @@ def obtain(
             f"the certificate would not cover {', '.join(missing)}, the name Postfix must "
             f"serve (myhostname, or --hostname): add --domain {missing[0]}"
         )
-    plan = None
-    if not any(a.split("=")[0] in ("--cert-name", "--expand") for a in request.certbot_args):
-        plan = plan_lineage(settings, request.domains)  # else the admin chose
-    argv = obtain_argv(settings, request, plan)
+    runs = _certbot_runs(settings, request)
     if settings.dry_run:
-        echo(f"would run {shlex.join(argv)}")
-        if plan is not None:
-            echo(f"certbot would write {plan}")
-        echo(f"then deploy the lineage covering {', '.join(hostnames)}")
+        for argv, plan in runs:
+            echo(f"would run {shlex.join(argv)}")
+            if plan is not None:
+                echo(f"certbot would write {plan}")
+        echo(f"then deploy the lineage(s) covering {', '.join(hostnames)}")
         return None
-    if plan is not None:
-        log.info("certbot writes %s", plan)
-    log.info("running certbot certonly for %s", ", ".join(request.domains))
-    result = runner.run(
-        argv, timeout=request.propagation_seconds + CERTBOT_TIMEOUT, keep_env=CERTBOT_ENV
-    )
-    for line in (result.stdout + result.stderr).splitlines():
-        log.debug("certbot: %s", line)
-    if not result.ok:
-        raise _certbot_failure(result)
+    for argv, plan in runs:
+        if plan is not None:
+            log.info("certbot writes %s", plan)
+        log.info("running certbot certonly for %s", ", ".join(request.domains))
+        result = runner.run(
+            argv, timeout=request.propagation_seconds + CERTBOT_TIMEOUT, keep_env=CERTBOT_ENV
+        )
+        for line in (result.stdout + result.stderr).splitlines():
+            log.debug("certbot: %s", line)
+        if not result.ok:
+            raise _certbot_failure(result)
+    # Every selected chain: with --key-type, one per algorithm.
     return deployer.deploy(None)
 
 
