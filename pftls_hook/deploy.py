@@ -211,6 +211,7 @@ class Deployer:
         self.postfix = self.postfixes[0]
         self.install_dir = install_dir(settings.install_dir, settings.layout)
         self.clock = clock
+        self._anchors: tuple[tuple[int, int, int], Sequence[x509.Certificate]] | None = None
 
     # -- reading --------------------------------------------------------------------------
     def _instance(self, postfix: Postfix, first: bool, notes: list[str]) -> Instance:
@@ -250,12 +251,18 @@ class Deployer:
         )
 
     def anchors(self) -> Sequence[x509.Certificate]:
+        """The trust anchors, parsed again only when the CA file changed: several chains
+        (one per algorithm, per SNI name) verify against the same bundle, and the daemon's
+        deployer lives across CA package updates."""
         path = self.settings.ca_file
         try:
-            data = path.read_bytes()
+            st = path.stat()
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if self._anchors is None or self._anchors[0] != key:
+                self._anchors = key, load_anchors(path.read_bytes(), str(path))
         except OSError as exc:
             raise EnvironmentRefusedError(f"{path}: cannot read CA file: {exc.strerror}") from None
-        return load_anchors(data, str(path))
+        return self._anchors[1]
 
     def verify(
         self, files: SourceFiles, ctx: Context, hostnames: Sequence[str] = ()

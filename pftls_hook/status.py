@@ -213,7 +213,7 @@ def collect(deployer: Deployer) -> Report:
         warnings=warnings,
         watch=watchstate.read(watchstate.state_file(deployer.settings)),
         chains=chains,
-        dane=tlsa.status(deployer, chosen),
+        dane=tlsa.status(deployer, chosen, ctx),
     )
 
 

@@ -19,7 +19,7 @@ from cryptography import x509
 from pftls_hook import dane
 from pftls_hook.config import Settings
 from pftls_hook.dane_dns import lookup
-from pftls_hook.deploy import Deployer
+from pftls_hook.deploy import Context, Deployer
 from pftls_hook.errors import DaneLookupError, PftlsError
 from pftls_hook.lineage import read_lineage
 from pftls_hook.verify import parse_certificates
@@ -123,8 +123,8 @@ def _target(
     )
 
 
-def collect(deployer: Deployer, name: str | None = None) -> TlsaReport:
-    ctx = deployer.context()
+def collect(deployer: Deployer, name: str | None = None, ctx: Context | None = None) -> TlsaReport:
+    ctx = ctx or deployer.context()  # `status` hands in the state it has read already
     settings = deployer.settings
     warnings: list[str] = []
     lineage, live = name or "", []
@@ -191,11 +191,11 @@ __all__ = ["RecordState", "TargetReport", "TlsaReport", "as_json", "collect", "r
 _RANK = {"OK": 0, "WARNING": 1, "UNKNOWN": 2, "CRITICAL": 3}
 
 
-def status(deployer: Deployer, name: str | None) -> TlsaReport | None:
+def status(deployer: Deployer, name: str | None, ctx: Context) -> TlsaReport | None:
     """The DANE part of `status` (None with --dane off: nothing is looked up)."""
     if deployer.settings.dane == "off":
         return None
-    return collect(deployer, name)
+    return collect(deployer, name, ctx)
 
 
 def status_lines(report: TlsaReport | None) -> list[str]:
