@@ -294,6 +294,26 @@ def test_deploy_hook_and_daemon_together_reload_once_per_renewal(world: World) -
         assert reloads(world.postfix) == before + 1, world.postfix.log_text()
 
 
+def test_status_keeps_the_last_deploy_through_later_no_op_events(world: World) -> None:
+    """A renewal makes several events; those after the deploy find nothing to do. systemd's
+    status and the state file must still say what was deployed, not "unchanged"."""
+    world.new_lineage()
+    daemon = world.daemon()
+    start = len(world.notify.drain())
+    leaf = world.renew()
+    world.wait_served(leaf)
+    deployed = status_after(world, start, f"{NAME}: deployed ({sha256_of(leaf)[:16]}")
+    # A reconcile (SIGHUP) deploys everything selected again: a no-op, one probe.
+    start = len(world.notify.drain())
+    daemon.signal(signal.SIGHUP)
+    ready = world.notify.wait_for(lambda m: m.get("READY") == "1", timeout=10, start=start)
+    assert ready.get("STATUS") == deployed
+    watch = world.status_json()["watch"]
+    assert isinstance(watch, dict)
+    assert watch["status"] == deployed and watch["phase"] == "idle"
+    assert daemon.output_text().count(f"{NAME}: already installed and served") >= 1
+
+
 def test_lineage_postfix_does_not_use_is_ignored(world: World) -> None:
     served = world.new_lineage()
     other = world.issue("other.test.example")

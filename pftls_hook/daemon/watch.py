@@ -465,10 +465,21 @@ class Daemon:
 
     def _done(self, outcome: Outcome) -> None:
         self._serving = outcome.lineage  # deploy() has logged what it did
+        self._state.serving = outcome.lineage
+        last = self._state.last_outcome
+        if (
+            outcome.action == "unchanged"
+            and last is not None
+            and (last.lineage, last.leaf_sha256) == (outcome.lineage, outcome.leaf_sha256)
+            and self._state.phase == "idle"
+        ):
+            # A later event for the certificate just deployed: "deployed (…) at T" still
+            # says what is served and since when; "unchanged" would hide the last change.
+            self._report(phase="idle", status=self._state.status)
+            return
         self._state.last_outcome = watchstate.LastOutcome(
             outcome.lineage, outcome.action, outcome.leaf_sha256, _iso()
         )
-        self._state.serving = outcome.lineage
         self._report(phase="idle", status=f"{outcome} at {_iso()}")
 
     def _failed(
