@@ -21,9 +21,15 @@ from .results import (
     NOOP,
     NOOP_CROWD,
     NOOP_EMPTY,
+    SCALE_CHECK,
+    SCALE_COMMANDS,
+    SCALE_HOOK,
+    SCALE_INSTALL,
+    SCALE_STATUS,
     SWITCH,
     VARIANTS,
     Run,
+    ScaleSample,
     Served,
 )
 
@@ -40,6 +46,8 @@ DAEMON_MEDIAN_S = 0.25
 DAEMON_MIN_RENEWALS = 10
 IDLE_CPU_PER_MIN_S = 0.1
 PEAK_RSS_MB = 40.0
+# Issue 10's scale targets (seconds of one process), held against the median of its runs.
+SCALE_TARGETS = {SCALE_INSTALL: 10.0, SCALE_HOOK: 1.0, SCALE_STATUS: 2.0, SCALE_CHECK: 2.0}
 
 PAIRS = (
     (SWITCH, BASELINE_SWITCH, SWITCH_RATIO, "a switching deploy hook ÷ the shell hook"),
@@ -172,7 +180,23 @@ def targets(run: Run) -> list[tuple[str, str, str]]:
         rows.append(
             (f"daemon peak RSS ≤ {PEAK_RSS_MB:g} MB", f"{peak:.1f} MB", met(peak <= PEAK_RSS_MB))
         )
+    for command, samples in _scale_samples(run).items():
+        s = spread([x.seconds for x in samples])
+        ok = all(x.code == 0 for x in samples) and s.median <= SCALE_TARGETS[command]
+        rows.append(
+            (
+                f"{run.settings.sni_names} SNI names: `{command}` ≤ {SCALE_TARGETS[command]:g} s"
+                + (f" (median of {s.n})" if s.n > 1 else ""),
+                f"{s.median:.2f} s" + ("" if all(x.code == 0 for x in samples) else " (failed)"),
+                met(ok),
+            )
+        )
     return rows
+
+
+def _scale_samples(run: Run) -> dict[str, list[ScaleSample]]:
+    by_command = {c: [x for x in run.scale if x.command == c] for c in SCALE_COMMANDS}
+    return {c: xs for c, xs in by_command.items() if xs}
 
 
 # -------------------------------------------------------------------------- sections
@@ -189,7 +213,7 @@ def _header(run: Run) -> list[str]:
         f" the run took {run.elapsed_s:.0f} s. Regenerate with `{REGENERATE}` as root from"
         " the repository root; it also saves the raw samples, from which"
         " `.venv/bin/python -m bench.report bench/last-run.json` renders this page again. A"
-        " quicker subset: `--quick` (3 rounds, 3 renewals), `--stages paired,commands`,"
+        " quicker subset: `--quick` (3 rounds, 3 renewals, 100 SNI names), `--stages paired,scale`,"
         " `--lineages 0` (no crowded pair); `--watch-option=--debounce=0.2` passes an"
         " option to the daemon.",
         "",
@@ -457,6 +481,34 @@ def _proof(run: Run) -> list[str]:
     ]
 
 
+def _scale(run: Run) -> list[str]:
+    samples = _scale_samples(run)
+    if not samples:
+        return []
+    lines = [
+        "## Scale: many SNI names",
+        "",
+        f"{run.settings.sni_names} SNI names plus the default name, one ECDSA lineage each,"
+        " written as certbot lays them out, named in the config's `sni`; a private Postfix of"
+        " its own on 127.0.0.1 (bench/scale.py). Wall time of one `python -m pftls_hook`"
+        " process each: `install` (the first deploy of them all), `deploy-hook` after each"
+        " renewal of one SNI lineage (another each time; the first right after the install),"
+        " `status` and `status --check` (every chain probed with its SNI name)."
+        f" Load average when the stage began: {run.scale_load}.",
+        "",
+        "| command | n | median | min to max | exit codes | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for command, xs in samples.items():
+        s = spread([x.seconds for x in xs])
+        codes = ", ".join(str(c) for c in sorted({x.code for x in xs}))
+        lines.append(
+            f"| `{command}` | {s.n} | {s.median:.2f} s | {s.low:.2f} s to {s.high:.2f} s"
+            f" | {codes} | ≤ {SCALE_TARGETS[command]:g} s |"
+        )
+    return [*lines, ""]
+
+
 def _notes(run: Run) -> list[str]:
     if not run.notes:
         return []
@@ -475,6 +527,7 @@ def render(run: Run) -> str:
         _reload(run),
         _steps(run),
         _proof(run),
+        _scale(run),
     ]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"
 

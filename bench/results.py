@@ -88,6 +88,24 @@ class BaselineProof:
     hook_exit_to_served_s: float
 
 
+@dataclass(frozen=True)
+class ScaleSample:
+    """One `python -m pftls_hook` process of the scale stage: which command, its wall time
+    and exit code."""
+
+    command: str  # SCALE_COMMANDS
+    seconds: float
+    code: int
+
+
+# The scale stage's commands, in the order it runs them.
+SCALE_INSTALL = "install"  # the first full deploy of every SNI name
+SCALE_HOOK = "deploy-hook"  # one SNI lineage renewed, the hook run for it
+SCALE_STATUS = "status"
+SCALE_CHECK = "status --check"
+SCALE_COMMANDS = (SCALE_INSTALL, SCALE_HOOK, SCALE_STATUS, SCALE_CHECK)
+
+
 @dataclass
 class Settings:
     rounds: int
@@ -99,6 +117,7 @@ class Settings:
     reload_trials: int
     watch_options: list[str]
     stages: list[str]
+    sni_names: int = 0  # the scale stage's SNI names
 
 
 @dataclass
@@ -116,6 +135,8 @@ class Run:
     reload_trials: list[ReloadTrial] = field(default_factory=list)
     steps: list[StepCost] = field(default_factory=list)
     proof: BaselineProof | None = None
+    scale: list[ScaleSample] = field(default_factory=list)
+    scale_load: str = ""  # load average when the scale stage began
     notes: list[str] = field(default_factory=list)  # what the run saw that is not a sample
 
     def save(self, path: Path) -> None:

@@ -18,6 +18,8 @@ bench/report.py render the page from them. Stages (`--stages`, default all):
 - reload:   `postfix reload` with and without a client across it (the handshake stall).
 - steps:    wall time of the single commands a deploy is made of.
 - proof:    main.cf pointed at the shell hook's copies, one renewal: its copy is served.
+- scale:    `--sni-names` SNI lineages on a Postfix of its own (bench/scale.py): a full
+            `install`, the deploy hook after `--renewals` renewals, `status` (issue 10).
 
 Everything lives in one temporary directory, removed at the end (`--keep` keeps it), and
 every process it starts is stopped, also on failure or Ctrl-C. Nothing here asserts on
@@ -42,7 +44,7 @@ from tests.support.certbot import CertbotError
 from tests.support.daemon import NotifySocket, WatchProcess
 from tests.support.postfix import PostfixError, client_context
 
-from . import measure, report
+from . import measure, report, scale
 from .bed import Bed, say, workspace
 from .results import (
     BASELINE_NOOP,
@@ -63,7 +65,7 @@ from .results import (
 REPO = measure.REPO
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 DEFAULT_DATA = REPO / "bench" / "last-run.json"
-STAGES = ("paired", "commands", "daemon", "reload", "steps", "proof")
+STAGES = ("paired", "commands", "daemon", "reload", "steps", "proof", "scale")
 SERVED_TIMEOUT = 30.0
 READY_TIMEOUT = 60.0
 DAEMON_AFTER_S = 2.0  # after a renewal is served, before the next: the daemon's probe ends
@@ -90,6 +92,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--renewals", type=int, default=None, help="daemon renewals after a warm-up (10; quick 3)"
+    )
+    parser.add_argument(
+        "--sni-names",
+        type=int,
+        default=None,
+        help="the scale stage's SNI names (1000; quick 100)",
     )
     parser.add_argument(
         "--idle-seconds", type=float, default=None, help="daemon idle window (15 s; quick 5 s)"
@@ -133,6 +141,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ("renewals", 10, 3),
         ("idle_seconds", 15.0, 5.0),
         ("reload_trials", 5, 2),
+        ("sni_names", 1000, 100),
     ):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
@@ -140,8 +149,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.stages) - set(STAGES))
     if unknown:
         parser.error(f"unknown stage(s): {', '.join(unknown)}")
-    if min(args.rounds, args.renewals, args.reload_trials) < 1 or args.lineages < 0:
-        parser.error("--rounds, --renewals, --reload-trials >= 1; --lineages >= 0")
+    if min(args.rounds, args.renewals, args.reload_trials, args.sni_names) < 1:
+        parser.error("--rounds, --renewals, --reload-trials, --sni-names >= 1")
+    if args.lineages < 0:
+        parser.error("--lineages >= 0")
     if not 0 < args.poll_interval <= 1 or args.idle_seconds <= 0 or args.gap < 0:
         parser.error("0 < --poll-interval <= 1, --idle-seconds > 0, --gap >= 0")
     return args
@@ -347,6 +358,11 @@ def bench(args: argparse.Namespace, base: Path, run: Run) -> None:
             say("the shell hook end to end (main.cf -> its copies)")
             bench.proof()
         say("stopping everything")
+    if "scale" in args.stages:
+        # Its own Postfix and lineages, once the bed's are stopped.
+        say(f"scale: {args.sni_names} SNI names, {args.renewals} renewals")
+        run.scale_load = machine.load_average()  # the stage comes last: its own figure
+        run.scale = scale.run(args.sni_names, args.renewals, base / "scale")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -366,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reload_trials=args.reload_trials,
             watch_options=args.watch_option,
             stages=args.stages,
+            sni_names=args.sni_names,
         ),
         machine=machine.facts(REPO),
         load_start=machine.load_average(),

@@ -69,27 +69,30 @@ def renewed_lineage(value: str, live_dir: Path) -> str:
         raise RefusedError(repr(value), "RENEWED_LINEAGE does not end in a lineage name")
     if Path(os.path.realpath(path.parent)) != Path(os.path.realpath(live_dir)):
         raise RefusedError(repr(value), f"RENEWED_LINEAGE is not a lineage under {live_dir}")
-    _require_lineage_dir(path, Path(os.path.realpath(live_dir.parent)))
+    _require_lineage_dir(path, Path(os.path.realpath(live_dir.parent)), DirChecks())
     return path.name
 
 
 def read_lineage(lineage_dir: Path, *, settle_timeout: float = 5.0) -> LineageSnapshot:
-    config_root = _checked(lineage_dir)
+    checks = DirChecks()
+    config_root = _checked(lineage_dir, checks)
     for last in attempts(settle_timeout, _RETRY_SECONDS):
         try:
-            return _read_once(lineage_dir, config_root)
+            return _read_once(lineage_dir, config_root, checks)
         except NotSettledError:
             if last:
                 raise
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def read_leaf(lineage_dir: Path) -> bytes:
-    """cert.pem alone, by the same rules, settled or not: what identifies a candidate (its
-    names and dates) for selection, without reading and verifying the whole lineage."""
-    config_root = _checked(lineage_dir)
-    path, _ = _resolve(lineage_dir, "cert", config_root)
-    return _read_file(path, "cert.pem")
+def read_leaf(lineage_dir: Path, checks: DirChecks | None = None) -> tuple[int, bytes]:
+    """cert.pem alone (its version and bytes), by the same rules, settled or not: what
+    identifies a candidate (its names and dates) for selection, and what `status` shows of
+    the live dir, without reading and verifying the whole lineage. `checks`: shared by the
+    reads of one command, so that the directories lineages share are checked once."""
+    checks = checks or DirChecks()
+    path, version = _Resolver(lineage_dir, _checked(lineage_dir, checks), checks).resolve("cert")
+    return version, _read_file(path, "cert.pem")
 
 
 def abandoned(lineage_dir: Path, settle_timeout: float, now: float) -> bool:
@@ -104,21 +107,22 @@ def abandoned(lineage_dir: Path, settle_timeout: float, now: float) -> bool:
         return False
 
 
-def _checked(lineage_dir: Path) -> Path:
+def _checked(lineage_dir: Path, checks: DirChecks) -> Path:
     """The certbot config dir of a lineage dir that passed the name and directory checks."""
     name = lineage_dir.name
     if not valid_name(name):
         raise RefusedError(repr(name), "not a certbot lineage name")
     if ".." in lineage_dir.parts:
         raise RefusedError(repr(str(lineage_dir)), "a lineage path must not climb with `..`")
-    config_root = Path(os.path.realpath(lineage_dir.parent.parent))
-    _require_lineage_dir(lineage_dir, config_root)
+    config_root = Path(checks.realpath(str(lineage_dir.parent.parent)))
+    _require_lineage_dir(lineage_dir, config_root, checks)
     return config_root
 
 
-def _read_once(lineage_dir: Path, config_root: Path) -> LineageSnapshot:
+def _read_once(lineage_dir: Path, config_root: Path, checks: DirChecks) -> LineageSnapshot:
     _require_no_previous(lineage_dir)
-    targets = {kind: _resolve(lineage_dir, kind, config_root) for kind in KINDS}
+    seen = _Resolver(lineage_dir, config_root, checks)
+    targets = {kind: seen.resolve(kind) for kind in KINDS}
     if len({path.parent for path, _ in targets.values()}) != 1:
         # certbot links all four into archive/<name>/: never a mix, not even mid-renewal.
         raise RefusedError(lineage_dir.name, "links lead into different archive directories")
@@ -129,7 +133,7 @@ def _read_once(lineage_dir: Path, config_root: Path) -> LineageSnapshot:
     data = {kind: _read_file(path, f"{kind}.pem") for kind, (path, _) in targets.items()}
     # The seqlock's second read: had certbot moved a link meanwhile, the bytes may mix versions.
     _require_no_previous(lineage_dir)
-    if {kind: _resolve(lineage_dir, kind, config_root) for kind in KINDS} != targets:
+    if {kind: seen.resolve(kind) for kind in KINDS} != targets:
         raise NotSettledError(lineage_dir.name, "not settled: links moved while reading")
     return LineageSnapshot(
         name=lineage_dir.name,
@@ -143,6 +147,26 @@ def _read_once(lineage_dir: Path, config_root: Path) -> LineageSnapshot:
     )
 
 
+class DirChecks:
+    """Directories resolved and found safe, remembered for the reads of one command (never
+    longer: a directory may change between a daemon's decisions)."""
+
+    def __init__(self) -> None:
+        self._real: dict[tuple[str, bool], str] = {}
+        self._safe: set[str] = set()
+
+    def realpath(self, path: str, *, strict: bool = False) -> str:
+        key = (path, strict)
+        if key not in self._real:
+            self._real[key] = os.path.realpath(path, strict=strict)
+        return self._real[key]
+
+    def require_safe(self, directory: str) -> None:
+        if directory not in self._safe:
+            _require_safe_dir(Path(directory))
+            self._safe.add(directory)
+
+
 def _require_safe_dir(directory: Path) -> None:
     try:
         st = os.lstat(directory)
@@ -154,7 +178,7 @@ def _require_safe_dir(directory: Path) -> None:
         raise RefusedError(str(directory), reason)
 
 
-def _require_lineage_dir(lineage_dir: Path, config_root: Path) -> None:
+def _require_lineage_dir(lineage_dir: Path, config_root: Path, checks: DirChecks) -> None:
     """live/<name> is a real directory (not a link elsewhere) under safe directories."""
     try:
         st = os.lstat(lineage_dir)
@@ -162,8 +186,9 @@ def _require_lineage_dir(lineage_dir: Path, config_root: Path) -> None:
         raise RefusedError(str(lineage_dir), "no such lineage") from None
     if stat.S_ISLNK(st.st_mode):
         raise RefusedError(str(lineage_dir), "is a symlink; certbot's lineages are directories")
-    for directory in (lineage_dir, Path(os.path.realpath(lineage_dir.parent)), config_root):
-        _require_safe_dir(directory)
+    _require_safe_dir(lineage_dir)
+    checks.require_safe(checks.realpath(str(lineage_dir.parent)))
+    checks.require_safe(str(config_root))
 
 
 def _require_no_previous(lineage_dir: Path) -> None:
@@ -174,32 +199,57 @@ def _require_no_previous(lineage_dir: Path) -> None:
             )
 
 
-def _resolve(lineage_dir: Path, kind: str, config_root: Path) -> tuple[Path, int]:
-    file = f"{kind}.pem"
-    link = lineage_dir / file
-    try:
-        st = os.lstat(link)
-    except FileNotFoundError:
-        # certbot unlinks then re-creates each link: a missing link may be transient.
-        raise NotSettledError(file, "not settled: link is missing") from None
-    if not stat.S_ISLNK(st.st_mode):
-        raise RefusedError(file, "is not a symlink into archive/ as certbot makes it")
-    try:
-        real = Path(os.path.realpath(link, strict=True))
-    except FileNotFoundError:
-        raise RefusedError(file, "dangling link: its target does not exist") from None
-    except OSError as exc:
-        raise RefusedError(file, f"link cannot be resolved: {exc.strerror}") from None
-    if not real.is_relative_to(config_root):
-        raise RefusedError(file, f"link points outside the certbot config dir {config_root}")
-    match = _ARCHIVE_NAME.match(real.name)
-    if match is None or match.group(1) != kind:
-        raise RefusedError(file, f"link does not point at an archive {kind}N.pem file")
-    for directory in real.parents:
-        if not directory.is_relative_to(config_root):
-            break
-        _require_safe_dir(directory)
-    return real, int(match.group(2))
+class _Resolver:
+    """Where a lineage's links lead, for one read. A link's directory part is resolved (and
+    its directories checked) once per read, not once per link: a command that reads a
+    thousand lineages would otherwise spend seconds in realpath's lstat of every component."""
+
+    def __init__(self, lineage_dir: Path, config_root: Path, checks: DirChecks) -> None:
+        self.lineage_dir = lineage_dir
+        self.checks = checks
+        self.real_dir = checks.realpath(str(lineage_dir))
+        self.root = str(config_root)
+        self.dirs: dict[str, str] = {}  # a target's directory as written -> resolved, checked
+
+    def resolve(self, kind: str) -> tuple[Path, int]:
+        file = f"{kind}.pem"
+        try:
+            text = os.readlink(self.lineage_dir / file)
+        except FileNotFoundError:
+            # certbot unlinks then re-creates each link: a missing link may be transient.
+            raise NotSettledError(file, "not settled: link is missing") from None
+        except OSError:
+            raise RefusedError(file, "is not a symlink into archive/ as certbot makes it") from None
+        written, name = os.path.split(os.path.join(self.real_dir, text))
+        match = _ARCHIVE_NAME.match(name)
+        if match is None or match.group(1) != kind:
+            raise RefusedError(file, f"link does not point at an archive {kind}N.pem file")
+        directory = self.dirs.get(written) or self._directory(file, written)
+        real = os.path.join(directory, name)
+        try:
+            st = os.lstat(real)
+        except FileNotFoundError:
+            raise RefusedError(file, "dangling link: its target does not exist") from None
+        if not stat.S_ISREG(st.st_mode):
+            # certbot's archive files are regular files; a link to a link is not its work.
+            raise RefusedError(file, f"link target {real} is not a regular file")
+        return Path(real), int(match.group(2))
+
+    def _directory(self, file: str, written: str) -> str:
+        try:
+            directory = self.checks.realpath(written, strict=True)
+        except FileNotFoundError:
+            raise RefusedError(file, "dangling link: its target does not exist") from None
+        except OSError as exc:
+            raise RefusedError(file, f"link cannot be resolved: {exc.strerror}") from None
+        if not directory.startswith(self.root + os.sep):
+            raise RefusedError(file, f"link points outside the certbot config dir {self.root}")
+        below = directory
+        while below != self.root:
+            self.checks.require_safe(below)
+            below = os.path.dirname(below)
+        self.dirs[written] = directory
+        return directory
 
 
 def _read_file(path: Path, file: str) -> bytes:

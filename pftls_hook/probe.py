@@ -17,6 +17,15 @@ algorithm (`aECDSA`, `aRSA`); in TLS 1.2 the suite decides which certificate the
 may send, so a server with both chains must answer with the one asked for. An endpoint
 with a `servername` sends that name by SNI (tls_server_sni_maps answers it).
 
+A proof after a reload does not wait out a held handshake. An smtpd started before the
+reload can still accept a connection in the milliseconds after it; on STARTTLS it asks the
+tlsmgr the reload has just stopped for a seed, and sleeps a second before asking again
+(docs/benchmarks.md), then serves the old certificate anyway. So `wait_for_each` gives
+each handshake a short patience (0.25 s, doubled every round up to the connection timeout,
+so a slow server is still waited for) and opens a new connection instead: a held handshake
+costs a quarter of a second, not a second and a retry. The SMTP part before it keeps the
+whole timeout (postscreen may hold its greeting for seconds).
+
 `fetch_all(endpoints)` probes many endpoints (a thousand SNI names) a few at a time: each
 probe waits mostly on the network and on smtpd, which serves every connection in its own
 process (up to master.cf's process limit, 100 by default), so a handful at once costs Postfix
@@ -26,6 +35,7 @@ little and divides the wall time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import socket
 import ssl
@@ -42,9 +52,13 @@ _HELO_NAME = "pftls-hook.probe"
 _MAX_LINE = 1024  # RFC 5321 allows 512 octets a reply line; a longer one is no SMTP
 _SUITES = {"ecdsa": "aECDSA", "rsa": "aRSA"}  # OpenSSL cipher strings, by key algorithm
 _AT_ONCE = 8  # probes in flight at a time (module docstring)
+_FIRST_PATIENCE = 0.25  # a proof's first wait for a handshake (module docstring)
 
 
+@functools.cache
 def _context(algorithm: str | None = None) -> ssl.SSLContext:
+    """One per algorithm, shared by every probe (and thread): OpenSSL's context setup costs
+    a quarter of a millisecond, a tenth of a probe, paid a thousand times for SNI names."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # Identification only: the files were verified before install; here we want the leaf
     # whatever it is, to compare fingerprints.
@@ -103,13 +117,16 @@ def _exchange(sock: socket.socket, reader: BinaryIO, endpoint: Endpoint) -> None
         raise TlsBrokenError(f"{endpoint}: STARTTLS answered {code}")
 
 
-def fetch(endpoint: Endpoint, *, timeout: float = 5.0) -> bytes:
+def fetch(endpoint: Endpoint, *, timeout: float = 5.0, patience: float | None = None) -> bytes:
     """The DER leaf certificate the endpoint serves. A few lines of SMTP rather than
-    smtplib, which would load the email package into every deploy hook run."""
+    smtplib, which would load the email package into every deploy hook run. `patience`:
+    how long the TLS handshake may take, if shorter than `timeout`."""
     try:
         with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout) as sock:
             if not endpoint.implicit_tls:
                 _starttls(sock, endpoint)
+            if patience is not None:
+                sock.settimeout(min(timeout, patience))
             context = _context(endpoint.algorithm)
             with context.wrap_socket(sock, server_hostname=endpoint.servername) as tls:
                 der = tls.getpeercert(binary_form=True)
@@ -125,13 +142,13 @@ def fetch(endpoint: Endpoint, *, timeout: float = 5.0) -> bytes:
 
 
 def fetch_all(
-    endpoints: Sequence[Endpoint], *, timeout: float = 5.0
+    endpoints: Sequence[Endpoint], *, timeout: float = 5.0, patience: float | None = None
 ) -> dict[Endpoint, bytes | ProbeError]:
     """`fetch` for each endpoint, a few at a time: the leaf, or the error it raised."""
 
     def one(endpoint: Endpoint) -> bytes | ProbeError:
         try:
-            return fetch(endpoint, timeout=timeout)
+            return fetch(endpoint, timeout=timeout, patience=patience)
         except ProbeError as exc:
             return exc
 
@@ -142,12 +159,12 @@ def fetch_all(
 
 
 def served_all(
-    endpoints: Sequence[Endpoint], *, timeout: float = 5.0
+    endpoints: Sequence[Endpoint], *, timeout: float = 5.0, patience: float | None = None
 ) -> dict[Endpoint, str | ProbeError]:
     """`served` for each endpoint, a few at a time."""
     return {
         e: got if isinstance(got, ProbeError) else hashlib.sha256(got).hexdigest()
-        for e, got in fetch_all(endpoints, timeout=timeout).items()
+        for e, got in fetch_all(endpoints, timeout=timeout, patience=patience).items()
     }
 
 
@@ -164,8 +181,10 @@ def wait_for_each(expected: Mapping[Endpoint, str | None], *, timeout: float) ->
     and SNI name), all within the one deadline."""
     pending = dict(expected)
     last: ProbeError | None = None
+    patience = _FIRST_PATIENCE
     for final in attempts(timeout, _RETRY_SECONDS):
-        seen = served_all(list(pending), timeout=max(1.0, min(5.0, timeout)))
+        seen = served_all(list(pending), timeout=max(1.0, min(5.0, timeout)), patience=patience)
+        patience *= 2
         for endpoint, got in seen.items():
             want = pending[endpoint]
             if isinstance(got, ProbeError):

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pftls_hook.config import Settings
 from pftls_hook.errors import NotSettledError, RefusedError
 from pftls_hook.fsutil import attempts
-from pftls_hook.lineage import abandoned, list_lineages, read_leaf
+from pftls_hook.lineage import DirChecks, abandoned, list_lineages, read_leaf
 from pftls_hook.verify import dns_names, name_covers, parse_certificates
 
 log = logging.getLogger("pftls-hook")
@@ -132,12 +132,14 @@ class Selection:
         return name in self.configured or name in self.installed
 
 
-def leaf_of(settings: Settings, name: str, *, wait: bool = True) -> x509.Certificate:
+def leaf_of(
+    settings: Settings, name: str, *, wait: bool = True, checks: DirChecks | None = None
+) -> x509.Certificate:
     """The leaf of a lineage's cert.pem. certbot re-points a link by unlink + symlink: a
     missing link is retried for a moment (`wait`)."""
     for last in attempts(settings.settle_timeout if wait else 0, 0.05):
         try:
-            return parse_certificates(read_leaf(settings.live_dir / name), "cert.pem")[0]
+            return parse_certificates(read_leaf(settings.live_dir / name, checks)[1], "cert.pem")[0]
         except NotSettledError:
             if last:
                 raise
@@ -150,6 +152,7 @@ class _Leaves:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.seen: dict[str, x509.Certificate | None] = {}
+        self.checks = DirChecks()
 
     def get(self, name: str, *, wait: bool = True) -> x509.Certificate | None:
         if name not in self.seen:
@@ -160,7 +163,7 @@ class _Leaves:
                 self.seen[name] = None
                 return None
             try:
-                self.seen[name] = leaf_of(self.settings, name, wait=wait)
+                self.seen[name] = leaf_of(self.settings, name, wait=wait, checks=self.checks)
             except RefusedError as exc:
                 log.info("%s: not considered now: %s", name, exc)
                 self.seen[name] = None

@@ -26,7 +26,7 @@ from pftls_hook.config import Endpoint
 from pftls_hook.daemon import state as watchstate
 from pftls_hook.deploy import Context, Deployer
 from pftls_hook.errors import PftlsError, ProbeError, TlsBrokenError
-from pftls_hook.lineage import list_lineages, read_lineage
+from pftls_hook.lineage import DirChecks, list_lineages, read_leaf
 from pftls_hook.postfix import MANAGED
 from pftls_hook.select import Chain, leaf_of
 from pftls_hook.verify import WARN_DAYS, dns_names, leaf_sha256, parse_certificates
@@ -101,11 +101,10 @@ class Report:
     dane: tlsa.TlsaReport | None = field(default=None)  # None with --dane off
 
 
-def _live(deployer: Deployer, name: str, now: datetime) -> Seen:
+def _live(deployer: Deployer, name: str, now: datetime, checks: DirChecks) -> Seen:
     try:
-        snap = read_lineage(deployer.settings.live_dir / name, settle_timeout=1)
-        leaf = parse_certificates(snap.files.cert, "cert.pem")[0]
-        return Seen(Cert.of(leaf, now), version=snap.version)
+        version, cert = read_leaf(deployer.settings.live_dir / name, checks)
+        return Seen(Cert.of(parse_certificates(cert, "cert.pem")[0], now), version=version)
     except PftlsError as exc:
         return Seen(error=str(exc))
 
@@ -174,8 +173,9 @@ def collect(deployer: Deployer) -> Report:
     if chosen is None:
         warnings.append(ctx.selection.why_none)
     selected = ctx.selection.lineages
+    checks = DirChecks()
     lineages = [
-        LineageReport(name, name in selected, _live(deployer, name, now))
+        LineageReport(name, name in selected, _live(deployer, name, now, checks))
         for name in list_lineages(deployer.settings.live_dir)
     ]
     installed = Seen()

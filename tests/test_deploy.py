@@ -512,6 +512,24 @@ def test_failed_probe_rolls_back(
         assert rig.versions() == []
 
 
+def test_proof_does_not_wait_out_a_held_handshake(tmp_path: Path, other_root: CA) -> None:
+    """After a reload a pre-reload smtpd may hold a handshake for a second (it waits for
+    the stopped tlsmgr), then serve the old certificate. The proof opens a new connection
+    instead of waiting: it is proven while that first session is still held."""
+    from pftls_hook import probe
+    from pftls_hook.config import Endpoint
+
+    leaf = other_root.intermediate().issue(NAME)
+    with FakeSmtpServer(leaf, tmp_path, hold_first_handshake=True) as server:
+        endpoint = Endpoint(HOST, server.port)
+        probe.wait_for([endpoint], sha256(leaf), timeout=10)
+        assert server.holding, "the proof waited for the held session to be released"
+        assert server.connections == 2
+        server.release()
+        # Without the hold the same probe succeeds on its first connection.
+        assert probe.served(endpoint) == sha256(leaf)
+
+
 def test_rollback_command_serves_the_previous_version(deployed: Deployed) -> None:
     rig, first = deployed.rig, deployed.first
     second = rig.inter.issue(NAME)

@@ -4,6 +4,8 @@ It speaks just enough SMTP for a probe: the 220 greeting, EHLO advertising START
 STARTTLS answered either with 220 and a TLS handshake using a certificate of the test's
 choosing (an impostor), or with `454 4.7.0 TLS not available due to local problem`, which
 is what smtpd answers when it could not load its key. Each connection gets its own thread.
+`hold_first_handshake`: the first session, after its 220 to STARTTLS, waits for
+`release()` before the handshake, as a pre-reload smtpd waits for a stopped tlsmgr.
 
     with FakeSmtpServer(leaf, tmp_path) as server:
         ... probe 127.0.0.1:server.port ...
@@ -39,6 +41,8 @@ class _Server(socketserver.ThreadingTCPServer):
         self.context = context  # None: refuse STARTTLS with 454
         self.connections = 0
         self.lock = threading.Lock()
+        self.hold: threading.Event | None = None  # set: release the held first session
+        self.holding = False  # the first session is held right now
 
 
 def _dialogue(
@@ -72,6 +76,7 @@ class _Session(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         with self.server.lock:
             self.server.connections += 1
+            first = self.server.connections == 1
         with contextlib.suppress(OSError, ssl.SSLError):
             self.wfile.write(b"220 fake.test.example ESMTP\r\n")
             self.wfile.flush()
@@ -84,6 +89,10 @@ class _Session(socketserver.StreamRequestHandler):
                 return
             # The client sends nothing before our 220, so no TLS bytes sit in rfile's buffer.
             assert self.server.context is not None
+            if first and self.server.hold is not None:
+                self.server.holding = True
+                self.server.hold.wait(SESSION_TIMEOUT)
+                self.server.holding = False
             with self.server.context.wrap_socket(self.request, server_side=True) as tls:
                 tls.settimeout(SESSION_TIMEOUT)
                 with tls.makefile("rb") as rfile:
@@ -93,7 +102,14 @@ class _Session(socketserver.StreamRequestHandler):
 class FakeSmtpServer:
     """Serves until the `with` block ends. `connections` counts sessions so far."""
 
-    def __init__(self, leaf: Leaf, workdir: Path, *, refuse_tls: bool = False) -> None:
+    def __init__(
+        self,
+        leaf: Leaf,
+        workdir: Path,
+        *,
+        refuse_tls: bool = False,
+        hold_first_handshake: bool = False,
+    ) -> None:
         context = None
         if not refuse_tls:
             pem = workdir / f"fake-smtp-{id(self)}.pem"
@@ -104,6 +120,8 @@ class FakeSmtpServer:
             context.load_cert_chain(pem)
         self.leaf = leaf
         self._server = _Server(context)
+        if hold_first_handshake:
+            self._server.hold = threading.Event()
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -118,6 +136,15 @@ class FakeSmtpServer:
         with self._server.lock:
             return self._server.connections
 
+    @property
+    def holding(self) -> bool:
+        """The first session is held before its handshake right now."""
+        return self._server.holding
+
+    def release(self) -> None:
+        if self._server.hold is not None:
+            self._server.hold.set()
+
     def __enter__(self) -> FakeSmtpServer:
         self._thread.start()
         return self
@@ -128,6 +155,7 @@ class FakeSmtpServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
