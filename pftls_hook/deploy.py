@@ -230,7 +230,8 @@ class Deployer:
             notes.extend(where + s for s in skipped)
         return Instance(postfix, state, tuple(endpoints))
 
-    def context(self) -> Context:
+    def context(self, focus: str | None = None) -> Context:
+        """`focus`: the lineage a renewal was deployed for (select.choose)."""
         notes: list[str] = []
         instances = [self._instance(p, i == 0, notes) for i, p in enumerate(self.postfixes)]
         state = instances[0].state
@@ -239,7 +240,7 @@ class Deployer:
         installed = self.install_dir.lineages_of(state.pointed_files())
         table = sni.read(sni.table_path(self.install_dir.path))
         listed = {name: self.install_dir.lineages_of(files) for name, files in table.items()}
-        selection = choose(self.settings, hostnames, installed, listed)
+        selection = choose(self.settings, hostnames, installed, listed, focus=focus)
         return Context(
             state,
             tuple(hostnames),
@@ -330,7 +331,7 @@ class Deployer:
         if self.settings.dry_run:
             return self._dry_run(name)
         with deploy_lock(self.settings.lock_file, self.settings.lock_timeout):
-            ctx = self.context()
+            ctx = self.context(focus=name)
             if name is not None and only_if_ours and not ctx.selection.ours(name):
                 serving = ctx.selection.lineage
                 why = f"Postfix uses {serving}" if serving else ctx.selection.why_none

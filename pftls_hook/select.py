@@ -23,6 +23,14 @@ lineage with another key (Ed25519) is a candidate only when no RSA or ECDSA one 
 an installed lineage decides its algorithm, the others are read without waiting for
 certbot (a half-renewed unrelated lineage must not stall every deploy hook).
 
+`focus` (the deploy hook's renewed lineage): while every chain and SNI name has an
+installed lineage that still qualifies, the candidates are those and `focus` alone, so a
+renewal reads a handful of leaves, not all of live/. The choice is the same as over all
+of live/ (installed lineages win, rule 2) except when `focus` brings an algorithm nothing
+serves yet and another new lineage of that algorithm would be valid longer; `install` and
+the daemon's reconcile, which look at everything, then keep `focus` (rule 2). When an
+installed lineage no longer qualifies, the choice falls back to all of live/.
+
 A lineage certbot is re-pointing right now is a candidate (its cert.pem tells its names;
 the deploy waits for it to settle); one left half-renewed by an interrupted certbot is not.
 
@@ -233,16 +241,39 @@ def choose(
     hostnames: Sequence[str],
     installed: Sequence[str],
     sni_installed: Mapping[str, Sequence[str]] | None = None,
+    *,
+    focus: str | None = None,
 ) -> Selection:
-    """`sni_installed`: what the SNI table lists now, name -> lineages."""
+    """`sni_installed`: what the SNI table lists now, name -> lineages; `focus`: the
+    lineage a deploy hook was called for (module docstring)."""
     configured = settings.lineages
     leaves = _Leaves(settings)
+    table = sni_installed or {}
     candidates = list(configured or list_lineages(settings.live_dir))
+    narrow = [*installed, *(n for names in table.values() for n in names), focus]
+    if focus is not None and not configured and installed and set(settings.sni) <= set(table):
+        chosen = [n for n in dict.fromkeys(narrow) if n in set(candidates)]
+        chains = _best(leaves, chosen, hostnames, installed)
+        sni = _sni_chains(leaves, chosen, table) if settings.sni else ()
+        if _keeps(chains, sni, installed, table):
+            return Selection(chains[0].lineage, "", (), tuple(installed), chains, sni, bool(table))
     chains = _best(leaves, candidates, hostnames, installed, any_names=bool(configured))
-    sni = _sni_chains(leaves, candidates, sni_installed or {}) if settings.sni else ()
+    sni = _sni_chains(leaves, candidates, table) if settings.sni else ()
     listed = bool(sni_installed)
     if not chains:
         wanted = ", ".join(configured or hostnames)
         why = f"no lineage to deploy for {wanted}"
         return Selection(None, why, configured, tuple(installed), (), sni, listed)
     return Selection(chains[0].lineage, "", configured, tuple(installed), chains, sni, listed)
+
+
+def _keeps(
+    chains: Sequence[Chain],
+    sni: Sequence[tuple[str, Sequence[Chain]]],
+    installed: Sequence[str],
+    table: Mapping[str, Sequence[str]],
+) -> bool:
+    """Does a choice keep every installed lineage (each still qualifies where it serves)?"""
+    if not {c.lineage for c in chains} >= set(installed):
+        return False
+    return all({c.lineage for c in chosen} >= set(table.get(host, ())) for host, chosen in sni)

@@ -114,6 +114,47 @@ def test_renewal_of_one_lineage_redeploys_just_it(tool: Tool, inter: CA) -> None
     assert postfix.main_cf_bytes() == main_cf
 
 
+def test_a_renewal_reads_what_is_served_and_itself_not_all_of_live(tool: Tool, inter: CA) -> None:
+    """A host that also serves websites has many lineages in live/. The deploy hook for a
+    renewal of what Postfix serves reads the installed lineages and the renewed one; only
+    `install`, which looks at everything, reads the others (a broken one is logged)."""
+    ec = inter.issue(NAME, key="ec")
+    tool.lineage(ec, name=EC)
+    assert_exit(tool.run("install"), EXIT_OK)
+    other = "www.other.example"
+    web = inter.issue(other)
+    fake.new_lineage(
+        tool.config_dir, other, cert_pem=b"not a certificate\n", chain_pem=web.chain_pem,
+        privkey_pem=web.key_pem(),
+    )  # fmt: skip
+    ec2 = inter.issue(NAME, key="ec")
+    tool.lineage(ec2, 2, name=EC)
+
+    result = tool.run("-v", "deploy-hook", env={"RENEWED_LINEAGE": str(tool.live_dir / EC)})
+
+    assert_exit(result, EXIT_OK)
+    assert shown(tool.postfix, sclient.ECDSA_ONLY) == sha(ec2)
+    assert other not in result.stderr, result.stderr
+    # The full look does read it, and says why it is no candidate.
+    full = tool.run("-v", "install")
+    assert_exit(full, EXIT_OK)
+    assert f"{other}: not considered now" in full.stderr, full.stderr
+
+
+def test_a_lineage_of_a_new_algorithm_joins_through_its_deploy_hook(tool: Tool, inter: CA) -> None:
+    """ECDSA served alone; certbot then issues an RSA lineage for the same names and runs
+    the deploy hook for it: both chains are served from then on."""
+    ec, rsa = inter.issue(NAME, key="ec"), inter.issue(NAME, key="rsa")
+    tool.lineage(ec, name=EC)
+    assert_exit(tool.run("install"), EXIT_OK)
+    tool.lineage(rsa, name=RSA)
+
+    hook(tool, RSA)
+
+    assert shown(tool.postfix, sclient.RSA_ONLY) == sha(rsa)
+    assert shown(tool.postfix, sclient.ECDSA_ONLY) == sha(ec)
+
+
 def test_a_refused_lineage_keeps_its_version_and_never_blocks_the_other(
     tool: Tool, inter: CA
 ) -> None:

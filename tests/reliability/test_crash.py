@@ -27,6 +27,7 @@ import statistics
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +42,7 @@ from tests.reliability.phases import (
     markers_in,
 )
 from tests.support import lineage as fake
+from tests.support import sclient
 from tests.support.deployed import (
     LOOPBACK,
     combined,
@@ -51,7 +53,8 @@ from tests.support.deployed import (
     wait_serves,
 )
 from tests.support.figures import record
-from tests.support.installed import pointed_pair, stale_temps
+from tests.support.installed import file_pair, pointed_pair, stale_temps
+from tests.support.net import wait_until
 from tests.support.pki import CA
 from tests.support.postfix import wait_for_served_sha256
 from tests.support.tool import NAME, Tool, assert_exit
@@ -60,6 +63,8 @@ RUNS = 150  # 30 per phase
 CALIBRATION_RUNS = 6
 MIN_AFTER_SWITCH = 20  # kills that must land with the new files already switched in
 SEED = 20261125  # fixed: a failure can be replayed
+SNI_RUNS = 30
+SNI_NAME = "mx.one.example"  # an SNI name, and the lineage that covers it
 KILL_WAIT = 10.0
 # A lock left held would make the next install wait for it; fail fast instead.
 NEXT_RUN_ENV = {"PFTLS_HOOK_LOCK_TIMEOUT": "5"}
@@ -185,6 +190,67 @@ def test_sigkill_at_any_moment_leaves_a_working_pair(tool: Tool, inter: CA) -> N
         )
     assert survived == RUNS
     assert after_switch >= MIN_AFTER_SWITCH, f"only {after_switch} kills after the switch"
+
+
+def sni_served(tool: Tool) -> str:
+    return sclient.served_sha256(
+        LOOPBACK, tool.postfix.port, sclient.ECDSA_ONLY, servername=SNI_NAME
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_during_an_sni_renewal_leaves_the_table_and_its_files_working(
+    tool: Tool, inter: CA
+) -> None:
+    """SNI: Postfix loads the chain for a name from the file pftls-hook's table lists for it,
+    so a kill must never leave the table naming a missing file, or a file whose key is not
+    its certificate's. The SNI lineage flips between two versions and each install is
+    killed at a moment drawn uniformly over an install's length; after each kill: the table
+    lists every name with a working pair, `postfix check` passes, after a reload a client
+    sending the name is shown that pair's certificate (one of the two), and the next install
+    exits 0 and serves the current version."""
+    tool.lineage(inter.issue(NAME))
+    versions = {1: inter.issue(SNI_NAME), 2: inter.issue(SNI_NAME)}
+    for n, leaf in versions.items():
+        tool.lineage(leaf, n, name=SNI_NAME)
+    known = {sha256(leaf) for leaf in versions.values()}
+    sni = ("--sni", SNI_NAME)
+    assert_exit(tool.run(*sni, "install"), 0)
+    lengths = []
+    for version in (1, 2, 1):
+        fake.point_links(tool.config_dir, SNI_NAME, version)
+        began = time.monotonic()
+        assert_exit(tool.run(*sni, "install"), 0)
+        lengths.append(time.monotonic() - began)
+    span = statistics.median(lengths)
+    table = tool.install_dir / "sni.map"
+    rng = random.Random(SEED)  # noqa: S311 - kill timing, not cryptography
+    version, killed = 1, 0
+    for _ in range(SNI_RUNS):
+        version = 3 - version
+        fake.point_links(tool.config_dir, SNI_NAME, version)
+        proc = start(tool, *sni, "install")
+        time.sleep(rng.uniform(0, span))
+        proc.kill()
+        proc.communicate(timeout=KILL_WAIT)
+        killed += proc.returncode == -signal.SIGKILL
+
+        entries = {line.split()[0]: line.split()[1:] for line in table.read_text().splitlines()[1:]}
+        assert set(entries) == {NAME, SNI_NAME}, entries
+        pair = file_pair(Path(entries[SNI_NAME][0]))  # exists, one key, the key's leaf
+        assert pair.leaf_sha256 in known
+        tool.postfix.check()
+        tool.postfix.reload()
+        wait_until(
+            lambda: sni_served(tool) == pair.leaf_sha256,  # noqa: B023 - called right here
+            timeout=10,
+            what=f"SNI {SNI_NAME} served the table's certificate",
+        )
+        assert_exit(tool.run(*sni, "install", env=NEXT_RUN_ENV), 0)
+        assert stale_temps(tool.install_dir) == []
+        assert sni_served(tool) == sha256(versions[version])
+    # Most kills must land inside an install, not after it ended.
+    assert killed >= SNI_RUNS // 2, f"only {killed} of {SNI_RUNS} installs were killed"
 
 
 @pytest.mark.slow

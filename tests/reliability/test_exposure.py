@@ -13,7 +13,9 @@ The installs run with umask 000, the worst an admin's shell could hand down: a k
 mode must not depend on it (the three that write main.cf do not: Postfix would rightly
 complain about a main.cf written under it). The separate layout is driven in-process
 through `install.Separate` (each CLI deploy there rewrites main.cf, ~2 s of Postfix's "hot
-main.cf" wait), plus two deploys through the CLI.
+main.cf" wait), plus two deploys through the CLI. Then SNI: installs with an SNI name whose
+lineage alternates two versions, which write its combined file and the SNI table (the
+table lists file names, no key: it is a text-style table, README "SNI").
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ INSTALLS = 100  # through the CLI, combined layout, Postfix running
 ROLLED_BACK_EVERY = 10  # that install's probe meets an impostor: rollback (exit 4)
 ROLLBACK_COMMAND_EVERY = 25  # then `pftls-hook rollback`
 SEPARATE_CYCLES = 100  # Separate.install (the separate layout), in-process
+SNI_INSTALLS = 10  # through the CLI with --sni, after the first (which writes main.cf)
+SNI_NAME = "mx.one.example"
 CANARY = "canary.txt"  # world-readable on purpose: nobody must be able to open it
 # The negative control: a planted world-readable "key" both observers must report.
 CONTROL = "control.key"
@@ -109,6 +113,13 @@ def deploy_combined(tool: Tool, impostor: FakeSmtpServer) -> dict[str, int]:
     return counts
 
 
+def deploy_sni(tool: Tool) -> None:
+    """SNI_INSTALLS installs with an SNI name, its lineage alternating versions 1 and 2."""
+    for i in range(SNI_INSTALLS):
+        fake.point_links(tool.config_dir, SNI_NAME, 1 + i % 2)
+        assert_exit(tool.run("--sni", SNI_NAME, "install"), 0)
+
+
 def cycle_separate(directory: Path, bundles: list[VerifiedBundle]) -> None:
     """Install, then prune (or, every fifth time, undo), as a deploy and a rollback do."""
     install_dir = Separate(directory)
@@ -127,6 +138,8 @@ def test_no_key_is_ever_readable_but_by_root(exposed_tool: Tool, inter: CA, root
     tool.lineage(leaves[0], 1)
     tool.lineage(leaves[1], 2)
     fake.point_links(tool.config_dir, NAME, 1)
+    for version in (1, 2):
+        tool.lineage(inter.issue(SNI_NAME), version, name=SNI_NAME)
     impostor_leaf = CA.root("pftls impostor").intermediate().issue(NAME)
 
     with (
@@ -143,6 +156,9 @@ def test_no_key_is_ever_readable_but_by_root(exposed_tool: Tool, inter: CA, root
         for version in (1, 2):
             fake.point_links(tool.config_dir, NAME, version)
             assert_exit(tool.run("--layout", "separate", "install"), 0)
+        assert_exit(tool.run("--sni", SNI_NAME, "install"), 0)  # writes main.cf
+        with umask(0):
+            deploy_sni(tool)
         plant_control(tool.install_dir)
 
     report = opener.report
@@ -166,11 +182,12 @@ def test_no_key_is_ever_readable_but_by_root(exposed_tool: Tool, inter: CA, root
         figure=f"{len(exposures)} exposures: {report['attempts']:,} open attempts as nobody, "
         f"{len(files)} files observed",
         details=[
-            f"{INSTALLS + 3} deploys through the CLI (combined layout, Postfix running; "
-            f"{counts['rolled back']} rolled back by an impostor probe, "
-            f"{counts['rollback command']} `rollback` commands; 2 in the separate layout) "
-            f"and {SEPARATE_CYCLES} separate-layout installs in-process; all but the first and the "
-            "last two (they write main.cf) under umask 000",
+            f"{INSTALLS + 4 + SNI_INSTALLS} deploys through the CLI (combined layout, Postfix "
+            f"running; {counts['rolled back']} rolled back by an impostor probe, "
+            f"{counts['rollback command']} `rollback` commands; 2 in the separate layout; "
+            f"{SNI_INSTALLS + 1} with an SNI name whose lineage alternates two versions) "
+            f"and {SEPARATE_CYCLES} separate-layout installs in-process; all but the four that "
+            "write main.cf under umask 000",
             f"inotify: {watch.events} events, {watch.stats} lstat()s, {len(files)} "
             f"distinct files, {len(key_files)} of them holding a key ({len(temps)} temp "
             f"files); {watch.vanished} gone before their lstat; {watch.overflows} overflows",

@@ -63,6 +63,11 @@ def pointed_chains(postfix: PostfixInstance) -> list[PointedPair]:
     return [_pair((path,)) for path in pointed_files(postfix)]
 
 
+def file_pair(path: Path) -> PointedPair:
+    """One combined file (key, then its chain) parsed as a pair: an SNI table's entry."""
+    return _pair((path,))
+
+
 def _pair(files: tuple[Path, ...]) -> PointedPair:
     blocks: list[tuple[str, bytes]] = []
     for path in files:
@@ -82,4 +87,12 @@ def stale_temps(install_dir: Path) -> list[str]:
     return sorted(p.name for p in install_dir.iterdir() if TEMP.match(p.name))
 
 
-__all__ = ["TEMP", "PointedPair", "pointed_chains", "pointed_files", "pointed_pair", "stale_temps"]
+__all__ = [
+    "TEMP",
+    "PointedPair",
+    "file_pair",
+    "pointed_chains",
+    "pointed_files",
+    "pointed_pair",
+    "stale_temps",
+]
