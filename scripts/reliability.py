@@ -31,6 +31,7 @@ OUT_ENV = "PFTLS_RELIABILITY_OUT"  # the same name as tests/support/figures.py's
 # The page's order; the titles are used when a case wrote no figure.
 CASES = {
     "crash": "Crash consistency",
+    "crash-sni": "Crash consistency: SNI renewals",
     "faults": "Faults",
     "concurrency": "Concurrency",
     "hostile": "Hostile and broken input",
