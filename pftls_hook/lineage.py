@@ -73,8 +73,10 @@ def renewed_lineage(value: str, live_dir: Path) -> str:
     return path.name
 
 
-def read_lineage(lineage_dir: Path, *, settle_timeout: float = 5.0) -> LineageSnapshot:
-    checks = DirChecks()
+def read_lineage(
+    lineage_dir: Path, *, settle_timeout: float = 5.0, checks: DirChecks | None = None
+) -> LineageSnapshot:
+    checks = checks or DirChecks()
     config_root = _checked(lineage_dir, checks)
     for last in attempts(settle_timeout, _RETRY_SECONDS):
         try:
@@ -87,8 +89,8 @@ def read_lineage(lineage_dir: Path, *, settle_timeout: float = 5.0) -> LineageSn
 
 def read_leaf(lineage_dir: Path, checks: DirChecks | None = None) -> tuple[int, bytes]:
     """cert.pem alone (its version and bytes), by the same rules, settled or not: what
-    identifies a candidate (its names and dates) for selection, and what `status` shows of
-    the live dir, without reading and verifying the whole lineage. `checks`: shared by the
+    identifies a candidate (its names and dates) for selection, without reading and
+    verifying the whole lineage. `checks`: shared by the
     reads of one command, so that the directories lineages share are checked once."""
     checks = checks or DirChecks()
     path, version = _Resolver(lineage_dir, _checked(lineage_dir, checks), checks).resolve("cert")
@@ -230,6 +232,8 @@ class _Resolver:
             st = os.lstat(real)
         except FileNotFoundError:
             raise RefusedError(file, "dangling link: its target does not exist") from None
+        except OSError as exc:
+            raise RefusedError(file, f"link cannot be resolved: {exc.strerror}") from None
         if not stat.S_ISREG(st.st_mode):
             # certbot's archive files are regular files; a link to a link is not its work.
             raise RefusedError(file, f"link target {real} is not a regular file")

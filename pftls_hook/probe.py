@@ -22,7 +22,8 @@ reload can still accept a connection in the milliseconds after it; on STARTTLS i
 tlsmgr the reload has just stopped for a seed, and sleeps a second before asking again
 (docs/benchmarks.md), then serves the old certificate anyway. So `wait_for_each` gives
 each handshake a short patience (0.25 s, doubled every round up to the connection timeout,
-so a slow server is still waited for) and opens a new connection instead: a held handshake
+and the whole timeout in the last round, so a slow server is still waited for) and opens a
+new connection instead: a held handshake
 costs a quarter of a second, not a second and a retry. The SMTP part before it keeps the
 whole timeout (postscreen may hold its greeting for seconds).
 
@@ -183,7 +184,13 @@ def wait_for_each(expected: Mapping[Endpoint, str | None], *, timeout: float) ->
     last: ProbeError | None = None
     patience = _FIRST_PATIENCE
     for final in attempts(timeout, _RETRY_SECONDS):
-        seen = served_all(list(pending), timeout=max(1.0, min(5.0, timeout)), patience=patience)
+        # The last round waits the whole connection timeout: a slow but healthy handshake
+        # must not fail a proof because earlier rounds used up the deadline.
+        seen = served_all(
+            list(pending),
+            timeout=max(1.0, min(5.0, timeout)),
+            patience=None if final else patience,
+        )
         patience *= 2
         for endpoint, got in seen.items():
             want = pending[endpoint]

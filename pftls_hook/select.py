@@ -23,7 +23,8 @@ lineage with another key (Ed25519) is a candidate only when no RSA or ECDSA one 
 an installed lineage decides its algorithm, the others are read without waiting for
 certbot (a half-renewed unrelated lineage must not stall every deploy hook).
 
-`focus` (the deploy hook's renewed lineage): while every chain and SNI name has an
+`focus` (the lineage a deploy was asked for: the deploy hook's renewed one, the daemon's
+changed one, `install NAME`): while every chain and SNI name has an
 installed lineage that still qualifies, the candidates are those and `focus` alone, so a
 renewal reads a handful of leaves, not all of live/. The choice is the same as over all
 of live/ (installed lineages win, rule 2) except when `focus` brings an algorithm nothing
@@ -251,7 +252,8 @@ def choose(
     table = sni_installed or {}
     candidates = list(configured or list_lineages(settings.live_dir))
     narrow = [*installed, *(n for names in table.values() for n in names), focus]
-    if focus is not None and not configured and installed and set(settings.sni) <= set(table):
+    listed_all = all(table.get(host) for host in settings.sni)
+    if focus is not None and not configured and installed and listed_all:
         chosen = [n for n in dict.fromkeys(narrow) if n in set(candidates)]
         chains = _best(leaves, chosen, hostnames, installed)
         sni = _sni_chains(leaves, chosen, table) if settings.sni else ()

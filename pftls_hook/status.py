@@ -26,7 +26,7 @@ from pftls_hook.config import Endpoint
 from pftls_hook.daemon import state as watchstate
 from pftls_hook.deploy import Context, Deployer
 from pftls_hook.errors import PftlsError, ProbeError, TlsBrokenError
-from pftls_hook.lineage import DirChecks, list_lineages, read_leaf
+from pftls_hook.lineage import DirChecks, list_lineages, read_lineage
 from pftls_hook.postfix import MANAGED
 from pftls_hook.select import Chain, leaf_of
 from pftls_hook.verify import WARN_DAYS, dns_names, leaf_sha256, parse_certificates
@@ -103,8 +103,11 @@ class Report:
 
 def _live(deployer: Deployer, name: str, now: datetime, checks: DirChecks) -> Seen:
     try:
-        version, cert = read_leaf(deployer.settings.live_dir / name, checks)
-        return Seen(Cert.of(parse_certificates(cert, "cert.pem")[0], now), version=version)
+        # The whole lineage, not cert.pem alone: a broken key or chain link must show here
+        # (and in the metrics' read-error gauge), as every deploy of it would be refused.
+        snap = read_lineage(deployer.settings.live_dir / name, settle_timeout=1, checks=checks)
+        leaf = parse_certificates(snap.files.cert, "cert.pem")[0]
+        return Seen(Cert.of(leaf, now), version=snap.version)
     except PftlsError as exc:
         return Seen(error=str(exc))
 

@@ -8,6 +8,7 @@ perfdata `days_left=N;21:;7:` whenever a served certificate was seen.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -116,3 +117,23 @@ def test_unknown_even_on_a_usage_error(postfix: PostfixInstance, tmp_path: Path,
     result = tool.run("--config", str(tmp_path / "missing.toml"), "status", "--check")
     assert result.returncode == UNKNOWN
     assert result.stdout.startswith("PFTLS-HOOK UNKNOWN: ")
+
+
+def test_a_lineage_whose_key_link_broke_shows_its_read_error(
+    postfix: PostfixInstance, tmp_path: Path, inter: CA
+) -> None:
+    """status reads each lineage whole: a dangling privkey link (every deploy of it would be
+    refused) is shown as that lineage's error, not as a healthy live certificate."""
+    tool = make_tool(postfix, tmp_path, inter)
+    tool.lineage(inter.issue(NAME))
+    assert_exit(tool.run("install"), OK)
+    link = tool.live_dir / NAME / "privkey.pem"
+    link.unlink()
+    link.symlink_to(f"../../archive/{NAME}/privkey9.pem")  # no such version
+
+    result = tool.run("status", "--json")
+
+    assert_exit(result, OK)
+    (lineage,) = json.loads(result.stdout)["lineages"]
+    assert "privkey.pem" in lineage["live"]["error"], lineage
+    assert lineage["live"]["cert"] is None, lineage

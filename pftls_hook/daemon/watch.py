@@ -472,6 +472,7 @@ class Daemon:
             and last is not None
             and (last.lineage, last.leaf_sha256) == (outcome.lineage, outcome.leaf_sha256)
             and self._state.phase == "idle"
+            and self._state.status.startswith(f"{last.lineage}: {last.action} (")
         ):
             # A later event for the certificate just deployed: "deployed (…) at T" still
             # says what is served and since when; "unchanged" would hide the last change.
