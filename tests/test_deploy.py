@@ -524,7 +524,7 @@ def test_proof_does_not_wait_out_a_held_handshake(tmp_path: Path, other_root: CA
         endpoint = Endpoint(HOST, server.port)
         probe.wait_for([endpoint], sha256(leaf), timeout=10)
         assert server.holding, "the proof waited for the held session to be released"
-        assert server.connections == 2
+        assert server.connections >= 2  # the held one, then at least one that was served
         server.release()
         # Without the hold the same probe succeeds on its first connection.
         assert probe.served(endpoint) == sha256(leaf)
