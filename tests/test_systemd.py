@@ -214,9 +214,19 @@ def test_renewal_is_deployed_by_the_daemon_and_served(world: World) -> None:
         "pftls-hook: probe: 127.0.0.1:25 serve the new certificate",
         f"pftls-hook: {NAME}: deployed; Postfix serves {sha256(second)[:16]}",
     )
-    assert len(ours) == len(expected), steps
-    for line, start_of_line in zip(ours, expected, strict=True):
+    deploy, later = ours[: len(expected)], ours[len(expected) :]
+    assert len(deploy) == len(expected), steps
+    for line, start_of_line in zip(deploy, expected, strict=True):
         assert line.startswith(start_of_line), (line, start_of_line)
+    # An inotify event of the same renewal that reached the daemon while it deployed finds
+    # the certificate served: a no-op of two lines (CI saw one; the journal may have been
+    # read between them), nothing else.
+    no_op = (
+        f"pftls-hook: {NAME}: version 2 verified, leaf {sha256(second)[:16]}",
+        f"pftls-hook: {NAME}: already installed and served: nothing to do",
+    )
+    for i, line in enumerate(later):
+        assert line.startswith(no_op[i % 2]), (line, no_op[i % 2], steps)
     postfix_lines = ("the Postfix mail system is running: PID: ", "refreshing the Postfix mail")
     assert all(line.startswith(postfix_lines) for line in steps if line not in ours), steps
 
