@@ -87,14 +87,14 @@ def read_lineage(
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def read_leaf(lineage_dir: Path, checks: DirChecks | None = None) -> tuple[int, bytes]:
-    """cert.pem alone (its version and bytes), by the same rules, settled or not: what
-    identifies a candidate (its names and dates) for selection, without reading and
-    verifying the whole lineage. `checks`: shared by the
-    reads of one command, so that the directories lineages share are checked once."""
+def read_leaf(lineage_dir: Path, checks: DirChecks | None = None) -> bytes:
+    """cert.pem alone, by the same rules, settled or not: what identifies a candidate (its
+    names and dates) for selection, without reading and verifying the whole lineage.
+    `checks`: shared by the reads of one command, so that the directories lineages share
+    are checked once."""
     checks = checks or DirChecks()
-    path, version = _Resolver(lineage_dir, _checked(lineage_dir, checks), checks).resolve("cert")
-    return version, _read_file(path, "cert.pem")
+    path, _ = _Resolver(lineage_dir, _checked(lineage_dir, checks), checks).resolve("cert")
+    return _read_file(path, "cert.pem")
 
 
 def abandoned(lineage_dir: Path, settle_timeout: float, now: float) -> bool:
@@ -203,15 +203,15 @@ def _require_no_previous(lineage_dir: Path) -> None:
 
 class _Resolver:
     """Where a lineage's links lead, for one read. A link's directory part is resolved (and
-    its directories checked) once per read, not once per link: a command that reads a
-    thousand lineages would otherwise spend seconds in realpath's lstat of every component."""
+    its directories checked) through `DirChecks`, once per command, not once per link: a
+    command that reads a thousand lineages would otherwise spend seconds in realpath's
+    lstat of every component."""
 
     def __init__(self, lineage_dir: Path, config_root: Path, checks: DirChecks) -> None:
         self.lineage_dir = lineage_dir
         self.checks = checks
         self.real_dir = checks.realpath(str(lineage_dir))
         self.root = str(config_root)
-        self.dirs: dict[str, str] = {}  # a target's directory as written -> resolved, checked
 
     def resolve(self, kind: str) -> tuple[Path, int]:
         file = f"{kind}.pem"
@@ -226,7 +226,7 @@ class _Resolver:
         match = _ARCHIVE_NAME.match(name)
         if match is None or match.group(1) != kind:
             raise RefusedError(file, f"link does not point at an archive {kind}N.pem file")
-        directory = self.dirs.get(written) or self._directory(file, written)
+        directory = self._directory(file, written)
         real = os.path.join(directory, name)
         try:
             st = os.lstat(real)
@@ -252,7 +252,6 @@ class _Resolver:
         while below != self.root:
             self.checks.require_safe(below)
             below = os.path.dirname(below)
-        self.dirs[written] = directory
         return directory
 
 

@@ -21,11 +21,10 @@ A proof after a reload does not wait out a held handshake. An smtpd started befo
 reload can still accept a connection in the milliseconds after it; on STARTTLS it asks the
 tlsmgr the reload has just stopped for a seed, and sleeps a second before asking again
 (docs/benchmarks.md), then serves the old certificate anyway. So `wait_for_each` gives
-each handshake a short patience (0.25 s, doubled every round up to the connection timeout,
-and the whole timeout in the last round, so a slow server is still waited for) and opens a
-new connection instead: a held handshake
-costs a quarter of a second, not a second and a retry. The SMTP part before it keeps the
-whole timeout (postscreen may hold its greeting for seconds).
+each handshake a short patience (0.25 s, doubled every round, and the whole timeout in the
+last round, so a slow server is still waited for) and then opens a new connection: a held
+handshake costs a quarter of a second, not a second and a retry. The SMTP part before it
+keeps the whole timeout (postscreen may hold its greeting for seconds).
 
 `fetch_all(endpoints)` probes many endpoints (a thousand SNI names) a few at a time: each
 probe waits mostly on the network and on smtpd, which serves every connection in its own

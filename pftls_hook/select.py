@@ -148,7 +148,7 @@ def leaf_of(
     missing link is retried for a moment (`wait`)."""
     for last in attempts(settings.settle_timeout if wait else 0, 0.05):
         try:
-            return parse_certificates(read_leaf(settings.live_dir / name, checks)[1], "cert.pem")[0]
+            return parse_certificates(read_leaf(settings.live_dir / name, checks), "cert.pem")[0]
         except NotSettledError:
             if last:
                 raise
@@ -250,18 +250,19 @@ def choose(
     configured = settings.lineages
     leaves = _Leaves(settings)
     table = sni_installed or {}
+    listed = bool(table)
     candidates = list(configured or list_lineages(settings.live_dir))
-    narrow = [*installed, *(n for names in table.values() for n in names), focus]
     listed_all = all(table.get(host) for host in settings.sni)
     if focus is not None and not configured and installed and listed_all:
-        chosen = [n for n in dict.fromkeys(narrow) if n in set(candidates)]
+        known = set(candidates)
+        narrow = [*installed, *(n for names in table.values() for n in names), focus]
+        chosen = [n for n in dict.fromkeys(narrow) if n in known]
         chains = _best(leaves, chosen, hostnames, installed)
         sni = _sni_chains(leaves, chosen, table) if settings.sni else ()
         if _keeps(chains, sni, installed, table):
-            return Selection(chains[0].lineage, "", (), tuple(installed), chains, sni, bool(table))
+            return Selection(chains[0].lineage, "", (), tuple(installed), chains, sni, listed)
     chains = _best(leaves, candidates, hostnames, installed, any_names=bool(configured))
     sni = _sni_chains(leaves, candidates, table) if settings.sni else ()
-    listed = bool(sni_installed)
     if not chains:
         wanted = ", ".join(configured or hostnames)
         why = f"no lineage to deploy for {wanted}"
