@@ -23,7 +23,6 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pftls_hook.config import Settings, load_settings
-from pftls_hook.deploy import Deployer, Outcome, worst
 from pftls_hook.errors import (
     CommandError,
     DeployFailedError,
@@ -34,10 +33,10 @@ from pftls_hook.errors import (
     RollbackFailedError,
     UsageError,
 )
-from pftls_hook.lineage import renewed_lineage
 from pftls_hook.setup import AUTHENTICATORS, CLIENT_LEVELS, OBTAIN_EPILOG, PROPAGATION_HELP
 
 if TYPE_CHECKING:
+    from pftls_hook.deploy import Deployer, Outcome
     from pftls_hook.status import Report
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
@@ -175,6 +174,11 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def _deploy_hook(settings: Settings) -> Outcome:
+    # The core, here and below, is imported by the commands that use it: `--help` and the
+    # setup commands start without cryptography.
+    from pftls_hook.deploy import Deployer  # noqa: PLC0415
+    from pftls_hook.lineage import renewed_lineage  # noqa: PLC0415
+
     lineage = os.environ.get("RENEWED_LINEAGE", "")
     if not lineage:
         raise UsageError("deploy-hook: RENEWED_LINEAGE is not set (run it from certbot)")
@@ -229,6 +233,8 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
 
         watch.run(settings, reload_settings=lambda: _settings(ns))
         return EXIT_OK
+    from pftls_hook.deploy import Deployer, worst  # noqa: PLC0415
+
     deployer = Deployer(settings)
     if ns.command == "install":
         if ns.name:
@@ -272,6 +278,7 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
 
 def _tlsa(ns: argparse.Namespace, settings: Settings) -> int:
     from pftls_hook import tlsa  # noqa: PLC0415
+    from pftls_hook.deploy import Deployer  # noqa: PLC0415
 
     records = tlsa.collect(Deployer(settings), ns.name)
     print(json.dumps(tlsa.as_json(records), indent=2) if ns.json else tlsa.render(records))
@@ -371,6 +378,7 @@ def _setup_command(ns: argparse.Namespace, settings: Settings) -> int:
 def _status_check(ns: argparse.Namespace) -> int:
     """status --check: one line on stdout, and exit 0-3 whatever happens."""
     from pftls_hook import status  # noqa: PLC0415
+    from pftls_hook.deploy import Deployer  # noqa: PLC0415
 
     try:
         deployer = Deployer(_settings(ns))

@@ -14,8 +14,10 @@ An endpoint with an `algorithm` is probed by a client that can accept only that 
 algorithm's certificate: Python's ssl cannot restrict the signature algorithms it offers,
 so the client caps at TLS 1.2 and offers only the cipher suites authenticated by that
 algorithm (`aECDSA`, `aRSA`); in TLS 1.2 the suite decides which certificate the server
-may send, so a server with both chains must answer with the one asked for. An endpoint
-with a `servername` sends that name by SNI (tls_server_sni_maps answers it).
+may send, so a server with both chains must answer with the one asked for. Another
+algorithm (Ed25519) has no suites of its own; it is selected only where no RSA or ECDSA
+chain is (select.py), so its client offers everything. An endpoint with a `servername`
+sends that name by SNI (tls_server_sni_maps answers it).
 
 A proof after a reload does not wait out a held handshake. An smtpd started before the
 reload can still accept a connection in the milliseconds after it; on STARTTLS it asks the
@@ -64,10 +66,11 @@ def _context(algorithm: str | None = None) -> ssl.SSLContext:
     # whatever it is, to compare fingerprints.
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    if algorithm is not None:
+    suites = _SUITES.get(algorithm or "")
+    if suites is not None:
         # TLS 1.3 suites say nothing of the certificate; 1.2 ones do (module docstring).
         context.maximum_version = ssl.TLSVersion.TLSv1_2
-        context.set_ciphers(_SUITES[algorithm])
+        context.set_ciphers(suites)
     return context
 
 

@@ -27,10 +27,12 @@ certbot (a half-renewed unrelated lineage must not stall every deploy hook).
 changed one, `install NAME`): while every chain and SNI name has an
 installed lineage that still qualifies, the candidates are those and `focus` alone, so a
 renewal reads a handful of leaves, not all of live/. The choice is the same as over all
-of live/ (installed lineages win, rule 2) except when `focus` brings an algorithm nothing
-serves yet and another new lineage of that algorithm would be valid longer; `install` and
-the daemon's reconcile, which look at everything, then keep `focus` (rule 2). When an
-installed lineage no longer qualifies, the choice falls back to all of live/.
+of live/ (installed lineages win, rule 2) except for an algorithm nothing serves yet: only
+`focus` can bring it (another new lineage of it waits for its own deploy hook, which
+certbot runs when it issues it, or for `install`), even where another would be valid
+longer; `install` and the daemon's reconcile, which look at everything, then keep `focus`
+(rule 2). When an installed lineage no longer qualifies, the choice falls back to all of
+live/.
 
 A lineage certbot is re-pointing right now is a candidate (its cert.pem tells its names;
 the deploy waits for it to settle); one left half-renewed by an interrupted certbot is not.
@@ -211,7 +213,9 @@ def _best(
             best[algorithm] = candidate
     kept = [a for a in ALGORITHMS if a in best] or [a for a in (_OTHER,) if a in best]
     if leaves.settings.layout != "combined":
-        kept = kept[:1]  # several chains need the combined layout (one file per chain)
+        # One chain (several need a file each): the installed one while it qualifies (rule
+        # 2), not a newer lineage of an algorithm that sorts first.
+        kept = sorted(kept, key=lambda a: not best[a][0])[:1]
     return tuple(Chain(a, best[a][2]) for a in kept)
 
 

@@ -155,6 +155,30 @@ def test_a_lineage_of_a_new_algorithm_joins_through_its_deploy_hook(tool: Tool, 
     assert shown(tool.postfix, sclient.ECDSA_ONLY) == sha(ec)
 
 
+def test_the_separate_layout_keeps_the_installed_lineage_over_a_new_algorithm(
+    tool: Tool, inter: CA
+) -> None:
+    """The separate layout serves one chain: an RSA lineage installed keeps it when an
+    ECDSA lineage for the same names appears (rule 2: installed wins while it qualifies),
+    whether that lineage's deploy hook runs or a later install."""
+    layout = ("--layout", "separate")
+    rsa, ec = inter.issue(NAME, key="rsa"), inter.issue(NAME, key="ec")
+    tool.lineage(rsa, name=RSA)
+    assert_exit(tool.run(*layout, "install"), EXIT_OK)
+    tool.lineage(ec, name=EC)
+
+    hooked = tool.run(*layout, "deploy-hook", env={"RENEWED_LINEAGE": str(tool.live_dir / EC)})
+    installed = tool.run(*layout, "install")
+
+    assert_exit(hooked, EXIT_OK)
+    assert "skipped" in hooked.stderr, hooked.stderr
+    assert_exit(installed, EXIT_OK)
+    cert_file = tool.postfix.postconf("-h", "smtpd_tls_cert_file").strip()
+    assert Path(cert_file).name.startswith(f"{RSA}."), cert_file
+    both = f"{sclient.ECDSA_ONLY}:{sclient.RSA_ONLY}"
+    assert shown(tool.postfix, both) == sha(rsa)
+
+
 def test_a_refused_lineage_keeps_its_version_and_never_blocks_the_other(
     tool: Tool, inter: CA
 ) -> None:

@@ -19,26 +19,40 @@ CORE = (
 ENTRY = ("pftls_hook", "pftls_hook.__main__", "pftls_hook.cli", "pftls_hook.setup")
 
 
-def test_deploy_hook_path_imports_only_the_core(tmp_path: Path) -> None:
-    """Run the real deploy-hook entry (it fails: no such lineage) and list every module of
-    the package and every third-party package it loaded."""
+def loaded_by(*argv: str, env: dict[str, str] | None = None) -> set[str]:
+    """Run the real entry point with `argv` and list every module of the package and every
+    third-party package it loaded."""
     code = (
         "import os, sys, runpy\n"
-        f"os.environ['RENEWED_LINEAGE'] = {str(tmp_path / 'live' / 'x')!r}\n"
-        "sys.argv = ['pftls-hook', '--live-dir', "
-        f"{str(tmp_path / 'live')!r}, 'deploy-hook']\n"
+        f"os.environ.update({env or {}!r})\n"
+        f"sys.argv = ['pftls-hook', *{list(argv)!r}]\n"
         "try:\n    runpy.run_module('pftls_hook', run_name='__main__')\n"
         "except SystemExit:\n    pass\n"
         "print(' '.join(sorted(m for m in sys.modules if m.startswith("
-        "('pftls_hook', 'watchdog', 'certbot', 'dns', 'acme', 'lexicon')))))\n"
+        "('pftls_hook', 'cryptography', 'watchdog', 'certbot', 'dns', 'acme', 'lexicon')))))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
-    loaded = set(result.stdout.split())
+    return set(result.stdout.splitlines()[-1].split())  # after whatever the command printed
+
+
+def test_deploy_hook_path_imports_only_the_core(tmp_path: Path) -> None:
+    """The real deploy-hook entry (it fails: no such lineage)."""
+    lineage = {"RENEWED_LINEAGE": str(tmp_path / "live" / "x")}
+    loaded = loaded_by("--live-dir", str(tmp_path / "live"), "deploy-hook", env=lineage)
+    loaded = {m for m in loaded if not m.startswith("cryptography")}  # verify's dependency
     allowed = {*ENTRY, *(f"pftls_hook.{m}" for m in CORE)}
-    assert "pftls_hook.deploy" in loaded, result.stdout  # the check saw the real path
+    assert "pftls_hook.deploy" in loaded, loaded  # the check saw the real path
     assert loaded <= allowed, f"not core: {sorted(loaded - allowed)}"
+
+
+def test_help_loads_no_command(tmp_path: Path) -> None:
+    """`--help` (and a usage error) load the parser alone: no core module, no cryptography."""
+    for argv in (["--help"], ["install", "--no-such-option"]):
+        loaded = loaded_by(*argv)
+        assert "pftls_hook.cli" in loaded, loaded  # the check saw the real entry point
+        assert loaded <= {*ENTRY, "pftls_hook.config", "pftls_hook.errors"}, (argv, loaded)
 
 
 def test_every_module_opens_with_its_contract() -> None:

@@ -167,6 +167,25 @@ def test_an_sni_name_gets_one_chain_per_algorithm(tool: Tool, inter: CA) -> None
     )
 
 
+def test_an_sni_name_served_by_an_ed25519_lineage_is_proven(tool: Tool, inter: CA) -> None:
+    """A lineage whose key is neither RSA nor ECDSA (Ed25519) may be a name's only one: TLS
+    1.2 has no suites that ask for it, so the proof offers every algorithm (it once looked
+    the algorithm up among the suites and ended in a traceback)."""
+    tool.lineage(inter.issue(NAME), name=NAME)
+    ed = inter.issue(ONE, key="ed25519")
+    tool.lineage(ed, name=ONE)
+
+    result = tool.run(*sni(ONE), "install")
+
+    assert_exit(result, EXIT_OK)
+    assert "Traceback" not in result.stderr
+    assert f"SNI {ONE}" in result.stderr  # proven by pftls-hook itself
+    port = tool.postfix.port
+    assert sclient.served_sha256(HOST, port, "ed25519", servername=ONE) == sha(ed)
+    status = tool.run(*sni(ONE), "status", "--check")
+    assert status.returncode == 0, status.stdout + status.stderr
+
+
 def test_the_admins_own_sni_table_is_kept_after_ours(tool: Tool, inter: CA) -> None:
     leaves = lineages(tool, inter)
     theirs = inter.issue("mx.admin.example")

@@ -314,6 +314,28 @@ def test_status_keeps_the_last_deploy_through_later_no_op_events(world: World) -
     assert daemon.output_text().count(f"{NAME}: already installed and served") >= 1
 
 
+def test_status_keeps_the_last_deploy_through_no_ops_of_the_other_chain(world: World) -> None:
+    """Two chains (ECDSA and RSA for the same names): a reconcile after the ECDSA renewal
+    finds both unchanged; the status still says which chain was deployed last, and when."""
+    world.new_lineage()
+    world.new_lineage(world.inter.issue(HOST, key="rsa"), name=f"{NAME}-rsa")
+    daemon = world.daemon()
+    start = len(world.notify.drain())
+    leaf = world.renew()
+    deployed = status_after(world, start, f"{NAME}: deployed ({sha256_of(leaf)[:16]}")
+    start = len(world.notify.drain())
+    daemon.signal(signal.SIGHUP)
+    ready = world.notify.wait_for(lambda m: m.get("READY") == "1", timeout=10, start=start)
+    output = daemon.output_text()
+    assert output.count("already installed and served") >= 1, output
+    time.sleep(1)  # one chain's no-op once overwrote the status right after READY=1
+    after = world.notify.drain()
+    later = after[next(i for i, m in enumerate(after) if m is ready) :]
+    assert [m.get("STATUS") for m in later if m.get("STATUS")] == [deployed]
+    watch = world.status_json()["watch"]
+    assert isinstance(watch, dict) and watch["status"] == deployed
+
+
 def test_lineage_postfix_does_not_use_is_ignored(world: World) -> None:
     served = world.new_lineage()
     other = world.issue("other.test.example")

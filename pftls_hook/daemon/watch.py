@@ -450,11 +450,14 @@ class Daemon:
         self._reconcile = False
         self._backoff = FIRST_RETRY
         self._retry_at = 0.0
+        status = None
         for outcome in outcomes:
             if outcome.action == "skipped":
                 log.info("%s changed; %s: ignored", outcome.lineage, "; ".join(outcome.detail))
             elif outcome.error is None:
-                self._done(outcome)
+                status = self._done(outcome, status or self._state.status)
+        if status is not None:  # one report a sync: READY=1 after a reload says it all
+            self._report(phase="idle", status=status)
         failed = next((o for o in outcomes if o.error is not None), None)
         if failed is not None:  # several chains: the others went on; retry this one
             self._reconcile = True
@@ -463,25 +466,25 @@ class Daemon:
             cap = DANE_MAX_RETRY if isinstance(error, DaneRefusedError) else MAX_RETRY
             self._failed(failed.lineage, str(error), now, cap=cap, publish=publish)
 
-    def _done(self, outcome: Outcome) -> None:
+    def _done(self, outcome: Outcome, status: str) -> str:
+        """The status once `outcome` is done, `status` being the one before it."""
         self._serving = outcome.lineage  # deploy() has logged what it did
         self._state.serving = outcome.lineage
         last = self._state.last_outcome
         if (
             outcome.action == "unchanged"
             and last is not None
-            and (last.lineage, last.leaf_sha256) == (outcome.lineage, outcome.leaf_sha256)
-            and self._state.phase == "idle"
-            and self._state.status.startswith(f"{last.lineage}: {last.action} (")
+            and (outcome.lineage != last.lineage or outcome.leaf_sha256 == last.leaf_sha256)
+            and status.startswith(f"{last.lineage}: {last.action} (")  # what it says now
         ):
-            # A later event for the certificate just deployed: "deployed (…) at T" still
-            # says what is served and since when; "unchanged" would hide the last change.
-            self._report(phase="idle", status=self._state.status)
-            return
+            # A later event for the certificate just deployed, or a no-op of another chain
+            # (a reconcile goes through every one): "deployed (…) at T" still says what
+            # changed last and since when; "unchanged" would hide it.
+            return status
         self._state.last_outcome = watchstate.LastOutcome(
             outcome.lineage, outcome.action, outcome.leaf_sha256, _iso()
         )
-        self._report(phase="idle", status=f"{outcome} at {_iso()}")
+        return f"{outcome} at {_iso()}"
 
     def _failed(
         self,
