@@ -174,8 +174,8 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def _deploy_hook(settings: Settings) -> Outcome:
-    # The core, here and below, is imported by the commands that use it: `--help` and the
-    # setup commands start without cryptography.
+    # The core, here and below, is imported by the commands that use it: `--help` and a
+    # usage error start without it (or cryptography).
     from pftls_hook.deploy import Deployer  # noqa: PLC0415
     from pftls_hook.lineage import renewed_lineage  # noqa: PLC0415
 

@@ -155,10 +155,10 @@ class World:
             output = "\n".join(d.output_text() for d in self.daemons[-1:])
             raise TimeoutError(f"{exc}\ndaemon output:\n{output}") from None
 
-    def deploy_hook(self) -> subprocess.CompletedProcess[str]:
+    def deploy_hook(self, name: str = NAME) -> subprocess.CompletedProcess[str]:
         """What certbot runs after a renewal: `pftls-hook deploy-hook` with RENEWED_LINEAGE."""
         env = {k: v for k, v in self.env().items() if k != "NOTIFY_SOCKET"}
-        env["RENEWED_LINEAGE"] = str(self.live_dir / NAME)
+        env["RENEWED_LINEAGE"] = str(self.live_dir / name)
         env["RENEWED_DOMAINS"] = HOST
         return subprocess.run(
             [sys.executable, "-m", "pftls_hook", *self.options(), "deploy-hook"],
@@ -334,6 +334,28 @@ def test_status_keeps_the_last_deploy_through_no_ops_of_the_other_chain(world: W
     assert [m.get("STATUS") for m in later if m.get("STATUS")] == [deployed]
     watch = world.status_json()["watch"]
     assert isinstance(watch, dict) and watch["status"] == deployed
+
+
+def test_status_names_a_chain_the_hook_deployed_meanwhile(world: World) -> None:
+    """Two chains; the daemon deployed the ECDSA one. The RSA one is renewed and deployed by
+    certbot's deploy hook while the daemon is stopped: the daemon's no-op for it then says
+    what is served, not the older ECDSA deploy."""
+    rsa_name = f"{NAME}-rsa"
+    world.new_lineage()
+    world.new_lineage(world.inter.issue(HOST, key="rsa"), name=rsa_name)
+    daemon = world.daemon()
+    start = len(world.notify.drain())
+    leaf = world.renew()
+    status_after(world, start, f"{NAME}: deployed ({sha256_of(leaf)[:16]}")
+    daemon.signal(signal.SIGSTOP)
+    try:
+        rsa = world.renew(world.inter.issue(HOST, key="rsa"), name=rsa_name)
+        hooked = world.deploy_hook(rsa_name)
+        assert hooked.returncode == 0, hooked.stderr
+        start = len(world.notify.drain())
+    finally:
+        daemon.signal(signal.SIGCONT)
+    status_after(world, start, f"{rsa_name}: unchanged ({sha256_of(rsa)[:16]}")
 
 
 def test_lineage_postfix_does_not_use_is_ignored(world: World) -> None:

@@ -43,7 +43,7 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import FrameType
@@ -451,11 +451,12 @@ class Daemon:
         self._backoff = FIRST_RETRY
         self._retry_at = 0.0
         status = None
+        done = [o for o in outcomes if o.error is None and o.action != "skipped"]
         for outcome in outcomes:
             if outcome.action == "skipped":
                 log.info("%s changed; %s: ignored", outcome.lineage, "; ".join(outcome.detail))
             elif outcome.error is None:
-                status = self._done(outcome, status or self._state.status)
+                status = self._done(outcome, status or self._state.status, done)
         if status is not None:  # one report a sync: READY=1 after a reload says it all
             self._report(phase="idle", status=status)
         failed = next((o for o in outcomes if o.error is not None), None)
@@ -466,20 +467,22 @@ class Daemon:
             cap = DANE_MAX_RETRY if isinstance(error, DaneRefusedError) else MAX_RETRY
             self._failed(failed.lineage, str(error), now, cap=cap, publish=publish)
 
-    def _done(self, outcome: Outcome, status: str) -> str:
-        """The status once `outcome` is done, `status` being the one before it."""
+    def _done(self, outcome: Outcome, status: str, done: Sequence[Outcome]) -> str:
+        """The status once `outcome` is done, `status` being the one before it; `done`:
+        every outcome of this sync that succeeded."""
         self._serving = outcome.lineage  # deploy() has logged what it did
         self._state.serving = outcome.lineage
         last = self._state.last_outcome
         if (
             outcome.action == "unchanged"
             and last is not None
-            and (outcome.lineage != last.lineage or outcome.leaf_sha256 == last.leaf_sha256)
             and status.startswith(f"{last.lineage}: {last.action} (")  # what it says now
+            and any((o.lineage, o.leaf_sha256) == (last.lineage, last.leaf_sha256) for o in done)
         ):
             # A later event for the certificate just deployed, or a no-op of another chain
-            # (a reconcile goes through every one): "deployed (…) at T" still says what
-            # changed last and since when; "unchanged" would hide it.
+            # in a reconcile that found that certificate still served: "deployed (…) at T"
+            # still says what changed last and since when; "unchanged" would hide it. A
+            # no-op alone of another lineage (deployed by someone else) says what is served.
             return status
         self._state.last_outcome = watchstate.LastOutcome(
             outcome.lineage, outcome.action, outcome.leaf_sha256, _iso()
