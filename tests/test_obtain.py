@@ -92,65 +92,64 @@ def without(key: str) -> str:
     return "".join(line + "\n" for line in GOOD_CREDENTIALS.splitlines() if key not in line)
 
 
-@pytest.mark.parametrize(
-    ("make", "fix"),
-    [
-        (lambda tmp: tmp / "missing.ini", "not found"),
-        (lambda tmp: credentials(tmp, mode=0o640), "chmod 600"),
-        (lambda tmp: credentials(tmp, mode=0o604), "chmod 600"),
-        (lambda tmp: credentials(tmp, owner=NOBODY), "chown root:root"),
-        (
-            lambda tmp: credentials(tmp, content=GOOD_CREDENTIALS.encode() + b"# caf\xff\n"),
-            "not UTF-8 text (byte 0xff at offset",
-        ),
-        (lambda tmp: credentials(tmp, content=b""), "lack dns_ovh_endpoint"),
-        *[
-            (lambda tmp, key=key: credentials(tmp, content=without(key)), f"lack {key}")
-            for key in (
-                "dns_ovh_endpoint",
-                "dns_ovh_application_key",
-                "dns_ovh_application_secret",
-                "dns_ovh_consumer_key",
-            )
-        ],
-        (
-            lambda tmp: credentials(
-                tmp, content=GOOD_CREDENTIALS.replace("consumer_key = c", "consumer_key =")
-            ),
-            "dns_ovh_consumer_key is empty",
-        ),
-        (
-            lambda tmp: credentials(
-                tmp, content=GOOD_CREDENTIALS.replace("S3CRET", "S3CRET, S3CRET2")
-            ),
-            "dns_ovh_application_secret is not one value",
-        ),
-        (
-            lambda tmp: credentials(tmp, content=GOOD_CREDENTIALS.replace("ovh-eu", "ovh-fr")),
-            "dns_ovh_endpoint = 'ovh-fr' is not an OVH API endpoint",
-        ),
-        (
-            lambda tmp: credentials(tmp, content=GOOD_CREDENTIALS + "dns_ovh_endpoint = ovh-ca\n"),
-            "do not parse: Duplicate keyword name at line 5",
-        ),
+# Each file certbot-dns-ovh could not use, with the fix its one-line refusal names.
+BROKEN_CREDENTIALS: list[tuple[Callable[[Path], Path], str]] = [
+    (lambda tmp: tmp / "missing.ini", "not found"),
+    (lambda tmp: credentials(tmp, mode=0o640), "chmod 600"),
+    (lambda tmp: credentials(tmp, mode=0o604), "chmod 600"),
+    (lambda tmp: credentials(tmp, owner=NOBODY), "chown root:root"),
+    (
+        lambda tmp: credentials(tmp, content=GOOD_CREDENTIALS.encode() + b"# caf\xff\n"),
+        "not UTF-8 text (byte 0xff at offset",
+    ),
+    (lambda tmp: credentials(tmp, content=b""), "lack dns_ovh_endpoint"),
+    *[
+        (lambda tmp, key=key: credentials(tmp, content=without(key)), f"lack {key}")
+        for key in (
+            "dns_ovh_endpoint",
+            "dns_ovh_application_key",
+            "dns_ovh_application_secret",
+            "dns_ovh_consumer_key",
+        )
     ],
-    ids=[
-        "missing",
-        "group-readable",
-        "other-readable",
-        "owned-by-nobody",
-        "not-utf8",
-        "empty-file",
-        "no-endpoint",
-        "no-application-key",
-        "no-application-secret",
-        "no-consumer-key",
-        "empty-value",
-        "list-value",
-        "unknown-endpoint",
-        "duplicate-key",
-    ],
-)
+    (
+        lambda tmp: credentials(
+            tmp, content=GOOD_CREDENTIALS.replace("consumer_key = c", "consumer_key =")
+        ),
+        "dns_ovh_consumer_key is empty",
+    ),
+    (
+        lambda tmp: credentials(tmp, content=GOOD_CREDENTIALS.replace("S3CRET", "S3CRET, S3CRET2")),
+        "dns_ovh_application_secret is not one value",
+    ),
+    (
+        lambda tmp: credentials(tmp, content=GOOD_CREDENTIALS.replace("ovh-eu", "ovh-fr")),
+        "dns_ovh_endpoint = 'ovh-fr' is not an OVH API endpoint",
+    ),
+    (
+        lambda tmp: credentials(tmp, content=GOOD_CREDENTIALS + "dns_ovh_endpoint = ovh-ca\n"),
+        "do not parse: Duplicate keyword name at line 5",
+    ),
+]
+BROKEN_CREDENTIALS_IDS = [
+    "missing",
+    "group-readable",
+    "other-readable",
+    "owned-by-nobody",
+    "not-utf8",
+    "empty-file",
+    "no-endpoint",
+    "no-application-key",
+    "no-application-secret",
+    "no-consumer-key",
+    "empty-value",
+    "list-value",
+    "unknown-endpoint",
+    "duplicate-key",
+]
+
+
+@pytest.mark.parametrize(("make", "fix"), BROKEN_CREDENTIALS, ids=BROKEN_CREDENTIALS_IDS)
 def test_obtain_refuses_unusable_dns_ovh_credentials_before_running_anything(
     offline_tool: Tool, tmp_path: Path, make: Callable[[Path], Path], fix: str
 ) -> None:

@@ -6,8 +6,10 @@ and signatures as OVH does) and reaches it as `eu.api.ovh.com` through a private
 in its own mount namespace. The stand-in publishes the TXT record into a real Knot DNS
 server, and a pebble that resolves through that server alone validates DNS-01 for real.
 pftls-hook then deploys to a private Postfix; `certbot renew` through the stored renewal
-configuration redeploys. Names sit under example.net: lexicon finds the zone from the
-public suffix list, which has no `.test`.
+configuration redeploys; one more name expands the lineage; `--key-type ecdsa,rsa` makes
+both chains. Every broken credentials file is refused with the API up and never called.
+Names sit under example.net: lexicon finds the zone from the public suffix list, which has
+no `.test`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from pathlib import Path
 import dns.rcode
 import dns.rdatatype
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.conftest import MakePostfix
+from tests.support import sclient
 from tests.support.certbot import Certbot
 from tests.support.dns import KnotServer, Zone, query
 from tests.support.mounts import private_hosts
@@ -30,10 +35,11 @@ from tests.support.ovh_api import OvhApi, OvhApiServer
 from tests.support.pebble import Pebble
 from tests.support.postfix import PostfixInstance, served_sha256
 from tests.support.tool import Tool, assert_exit
-from tests.test_obtain import leaf_sha256
+from tests.test_obtain import BROKEN_CREDENTIALS, BROKEN_CREDENTIALS_IDS, leaf_sha256
 
 ZONE = "example.net"
 MAIL = f"mail.{ZONE}"
+SMTP = f"smtp.{ZONE}"  # the name an expansion adds
 CHALLENGE = f"_acme-challenge.{MAIL}."
 EXIT_OK, EXIT_USAGE, EXIT_CANNOT = 0, 2, 6
 KEYS = {"application_key": "AK-test", "application_secret": "AS-test", "consumer_key": "CK-test"}
@@ -54,10 +60,14 @@ class OvhRig:
     def in_namespace(self) -> list[str]:
         return private_hosts(self.server.hosts_file, [])
 
-    def obtain(self) -> subprocess.CompletedProcess[str]:
+    def obtain(
+        self, *extra: str, names: tuple[str, ...] = (MAIL,), credentials: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return self.tool.run(
-            "obtain", "-d", MAIL, "-m", f"hostmaster@{ZONE}",
-            "--dns-ovh-credentials", str(self.credentials), "--propagation-seconds", "1",
+            "obtain", *(arg for name in names for arg in ("-d", name)), *extra,
+            "-m", f"hostmaster@{ZONE}",
+            "--dns-ovh-credentials", str(credentials or self.credentials),
+            "--propagation-seconds", "1",
             "--server", self.pebble.directory_url,
             f"--certbot-arg=--work-dir={self.certbot.work_dir}",
             f"--certbot-arg=--logs-dir={self.certbot.logs_dir}",
@@ -129,15 +139,6 @@ def challenge_round_trips(api: OvhApi) -> list[str]:
 @pytest.mark.slow
 def test_obtain_through_dns_ovh_deploys_and_certbot_renew_redeploys(ovh_rig: OvhRig) -> None:
     rig = ovh_rig
-    # A credentials file certbot-dns-ovh could not use: refused before any API call.
-    good = rig.credentials.read_text()
-    rig.credentials.write_text(good.replace("dns_ovh_consumer_key", "dns_ovh_consumer"))
-    refused = rig.obtain()
-    assert_exit(refused, EXIT_USAGE)
-    assert "lack dns_ovh_consumer_key" in refused.stderr
-    assert rig.api.calls == []
-    rig.credentials.write_text(good)
-
     result = rig.obtain()
     assert_exit(result, EXIT_OK)
 
@@ -210,3 +211,72 @@ def test_pebble_refuses_the_challenge_when_the_record_never_reaches_dns(
     assert "Some challenges have failed" in result.stderr
     assert any(c.method == "POST" and c.status == 200 for c in rig.api.calls)
     assert not (rig.certbot.live_dir / MAIL).exists()
+
+
+@pytest.mark.slow
+def test_every_broken_credentials_file_is_refused_before_any_api_call(
+    ovh_rig: OvhRig, tmp_path: Path
+) -> None:
+    """test_obtain.py's refusals again, now with the API up and reachable as certbot would
+    reach it: for each file, one line naming the fix, no API call, certbot never run."""
+    rig = ovh_rig
+    for case, (make, fix) in zip(BROKEN_CREDENTIALS_IDS, BROKEN_CREDENTIALS, strict=True):
+        (tmp_path / case).mkdir()
+        result = rig.obtain(credentials=make(tmp_path / case))
+        assert_exit(result, EXIT_USAGE)
+        assert len(result.stderr.splitlines()) == 1, (case, result.stderr)
+        assert fix in result.stderr, (case, result.stderr)
+        assert rig.api.calls == [], (case, rig.api.calls)
+        assert not rig.certbot.logs_dir.exists(), case
+        assert not (rig.certbot.config_dir / "renewal").exists(), case
+    # The same rig, with the good file, does reach the API: the check above could fail.
+    assert_exit(rig.obtain(), EXIT_OK)
+    assert rig.api.calls != []
+
+
+@pytest.mark.slow
+def test_obtain_through_dns_ovh_expands_with_a_new_name_and_postfix_serves_it(
+    ovh_rig: OvhRig,
+) -> None:
+    rig = ovh_rig
+    assert_exit(rig.obtain(), EXIT_OK)
+    lineage = rig.certbot.live_dir / MAIL
+    first = leaf_sha256(lineage)
+
+    result = rig.obtain(names=(MAIL, SMTP))
+
+    assert_exit(result, EXIT_OK)
+    assert f"certbot writes lineage {MAIL} ({MAIL}) expanded with {SMTP}" in result.stderr
+    assert sorted(p.name for p in rig.certbot.live_dir.iterdir() if p.is_dir()) == [MAIL]
+    cert = x509.load_pem_x509_certificate((lineage / "cert.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(san.get_values_for_type(x509.DNSName)) == sorted([MAIL, SMTP])
+    expanded = leaf_sha256(lineage)
+    assert expanded != first
+    assert served_sha256(LOOPBACK, rig.postfix.port) == expanded
+    # The new name's challenge went through the API and DNS like the first one's.
+    owners = [owner for op, owner, _ in rig.api.dns_changes if op == "add"]
+    assert owners.count(f"_acme-challenge.{SMTP}.") == 1, rig.api.dns_changes
+    assert rig.api.records == {}
+
+
+@pytest.mark.slow
+def test_obtain_through_dns_ovh_key_types_serves_an_ecdsa_and_an_rsa_chain(
+    ovh_rig: OvhRig,
+) -> None:
+    rig = ovh_rig
+    result = rig.obtain("--key-type", "ecdsa,rsa")
+
+    assert_exit(result, EXIT_OK)
+    ecdsa_dir = rig.certbot.live_dir / f"{MAIL}-ecdsa"
+    rsa_dir = rig.certbot.live_dir / f"{MAIL}-rsa"
+    for lineage, kind in ((ecdsa_dir, ec.EllipticCurvePublicKey), (rsa_dir, rsa.RSAPublicKey)):
+        cert = x509.load_pem_x509_certificate((lineage / "cert.pem").read_bytes())
+        assert isinstance(cert.public_key(), kind), lineage
+    port = rig.postfix.port
+    assert sclient.served_sha256(LOOPBACK, port, sclient.ECDSA_ONLY) == leaf_sha256(ecdsa_dir)
+    assert sclient.served_sha256(LOOPBACK, port, sclient.RSA_ONLY) == leaf_sha256(rsa_dir)
+    # Each lineage's challenge was created through the API and removed again.
+    owners = [owner for op, owner, _ in rig.api.dns_changes if op == "add"]
+    assert owners == [CHALLENGE, CHALLENGE], rig.api.dns_changes
+    assert rig.api.records == {}
