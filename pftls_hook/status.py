@@ -216,7 +216,7 @@ def collect(deployer: Deployer) -> Report:
         warnings=warnings,
         watch=watchstate.read(watchstate.state_file(deployer.settings)),
         chains=chains,
-        dane=tlsa.status(deployer, chosen, ctx),
+        dane=tlsa.status(deployer, None, ctx),  # every default chain's lineage
     )
 
 
@@ -280,10 +280,10 @@ def check(
     it: CRITICAL when no published record matches, WARNING while a renewal is held back."""
     # A renewal DANE holds back: the installed certificate is the one to serve (tlsa.worst
     # says WARNING, with the record to publish), not a CRITICAL "not the live one".
-    held = bool(report.dane and report.dane.held_back)
+    held = report.dane.held_lineages if report.dane else set()
 
-    def excused(installed: Seen) -> str:
-        return installed.cert.sha256 if held and installed.cert else ""
+    def excused(lineage: str, installed: Seen) -> str:
+        return installed.cert.sha256 if lineage in held and installed.cert else ""
 
     if report.chains:
         verdicts = [
@@ -294,7 +294,7 @@ def check(
                 [],
                 warn=warning_days,
                 crit=critical_days,
-                excused=excused(c.installed),
+                excused=excused(c.lineage, c.installed),
             )
             for c in report.chains
         ]
@@ -314,7 +314,7 @@ def check(
             report.warnings,
             warn=warning_days,
             crit=critical_days,
-            excused=excused(report.installed),
+            excused=excused(name, report.installed),
         )
     perf = f"days_left={days};{warning_days}:;{critical_days}:" if days is not None else ""
     state, text, perf = tlsa.worst((state, text, perf), report.dane)

@@ -2,11 +2,13 @@
 
 Contract: `collect(deployer, name)` returns a `TlsaReport` (read-only: no lock, no change);
 `render(report)` its zone-file form; `as_json(report)` its JSON form. For each
-DANE target (required hostnames x dane-ports) it lists the `3 1 1` record of the key Postfix
-serves, the `3 1 1` of the lineage's live key when it differs (the "next" record, to publish
-a few TTLs before that renewal can be deployed) and `2 1 1` for each issuer in those chains,
-each marked published or missing; and any published record that matches no key or issuer we
-serve or hold, marked stale. `held_back` and `broken` are what `status --check` judges.
+DANE target (required hostnames x dane-ports) it lists the `3 1 1` record of each key
+Postfix serves, the `3 1 1` of each selected lineage's live key that Postfix does not serve
+yet (the "next" record, to publish a few TTLs before that renewal can be deployed; with
+ECDSA and RSA chains, one per lineage) and `2 1 1` for each issuer in those chains, each
+marked published or missing; and any published record that matches no key or issuer we
+serve or hold, marked stale. `held_back` (with the lineages it holds) and `broken` are what
+`status --check` judges.
 """
 
 from __future__ import annotations
@@ -44,14 +46,16 @@ class TargetReport:
     pins_key: bool = False  # 3 1 x records are published: a new key breaks them
     served_matches: str = ""  # the published record the served chain matches, if any
     unmatched_chains: int = 0  # other chains served (ECDSA beside RSA) that match none
-    next_matches: str = ""  # the same for the live chain, when it differs from the served
+    # (lineage, its next 3 1 1 line) for each live chain not served yet that no usable
+    # record matches: the deploy guard refuses it until that line is published
+    held: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
 class TlsaReport:
-    lineage: str
+    lineage: str  # the lineages looked at, comma-separated
     targets: tuple[TargetReport, ...]
-    next_differs: bool  # the live key or chain is not what Postfix serves
+    next_differs: bool  # a live key or chain is not what Postfix serves
     warnings: tuple[str, ...] = field(default=())
 
     @property
@@ -66,16 +70,13 @@ class TlsaReport:
 
     @property
     def held_back(self) -> list[str]:
-        """Zone-file lines to publish before the live certificate can be deployed."""
-        if not self.next_differs:
-            return []
-        return [
-            r.line
-            for t in self.targets
-            if not t.error and t.usable_published and not t.next_matches
-            for r in t.records
-            if r.role == "next key"
-        ]
+        """Zone-file lines to publish before the live certificates can be deployed."""
+        return [line for t in self.targets for _, line in t.held]
+
+    @property
+    def held_lineages(self) -> set[str]:
+        """The lineages whose renewal waits for a record (their installed version stays)."""
+        return {name for t in self.targets for name, _ in t.held}
 
 
 def _chain(data: bytes, file: str) -> list[x509.Certificate]:
@@ -88,12 +89,12 @@ def _chain(data: bytes, file: str) -> list[x509.Certificate]:
 def _target(
     target: dane.Target,
     chains: list[list[x509.Certificate]],
-    live: list[x509.Certificate],
+    nexts: dict[str, list[x509.Certificate]],
     settings: Settings,
 ) -> TargetReport:
     served = chains[0] if chains else []
     ours: list[tuple[str, dane.Tlsa]] = []
-    roles = [*(("served", c) for c in chains), ("next", live if live not in chains else [])]
+    roles = [*(("served", c) for c in chains), *(("next", c) for c in nexts.values())]
     for role, chain in roles:
         for i, record in enumerate(dane.records_for(chain)):
             ours.append((f"{role} {'key' if i == 0 else 'issuer'}", record))
@@ -103,7 +104,7 @@ def _target(
         states = tuple(RecordState(target.record(r), role, "unknown") for role, r in ours)
         return TargetReport(target.owner, error=str(exc), records=states)
     published = set(answer.records)
-    held = [*chains, live]
+    held = [*chains, *nexts.values()]
     return TargetReport(
         owner=target.owner,
         canonical=answer.canonical,
@@ -119,7 +120,11 @@ def _target(
         pins_key=any(r.usage == dane.DANE_EE and r.selector == 1 for r in answer.usable),
         served_matches=str(dane.match(served, answer.usable) or ""),
         unmatched_chains=sum(1 for c in chains[1:] if not dane.match(c, answer.usable)),
-        next_matches=str(dane.match(live, answer.usable) or "") if live != served else "",
+        held=tuple(
+            (name, target.record(dane.records_for(chain)[0]))
+            for name, chain in nexts.items()
+            if answer.usable and not dane.match(chain, answer.usable)
+        ),
     )
 
 
@@ -127,13 +132,18 @@ def collect(deployer: Deployer, name: str | None = None, ctx: Context | None = N
     ctx = ctx or deployer.context()  # `status` hands in the state it has read already
     settings = deployer.settings
     warnings: list[str] = []
-    lineage, live = name or "", []
-    try:
-        lineage = name or deployer.selected(ctx)
-        source = read_lineage(settings.live_dir / lineage, settle_timeout=1).files
-        live = _chain(source.fullchain, str(settings.live_dir / lineage / "fullchain.pem"))
-    except PftlsError as exc:
-        warnings.append(str(exc))
+    names = [name] if name else [c.lineage for c in ctx.selection.chains]
+    if not names:
+        warnings.append(ctx.selection.why_none)
+    lives: dict[str, list[x509.Certificate]] = {}
+    for lineage in names:  # the default chains: the ones DANE senders are given
+        try:
+            source = read_lineage(settings.live_dir / lineage, settle_timeout=1).files
+            lives[lineage] = _chain(
+                source.fullchain, str(settings.live_dir / lineage / "fullchain.pem")
+            )
+        except PftlsError as exc:
+            warnings.append(str(exc))
     files = ctx.state.pointed_files()
     if not ctx.state.uses_chain_files:
         # Legacy parameters: an ECDSA (or DSA) certificate beside the RSA one is served
@@ -146,16 +156,18 @@ def collect(deployer: Deployer, name: str | None = None, ctx: Context | None = N
     served = chains[0] if chains else []
     if not served:
         warnings.append("main.cf points at no certificate pftls-hook can read: nothing served")
+    nexts = {n: live for n, live in lives.items() if live and live not in chains}
     targets = tuple(
-        _target(t, chains, live, settings) for t in dane.targets(ctx.hostnames, settings.dane_ports)
+        _target(t, chains, nexts, settings)
+        for t in dane.targets(ctx.hostnames, settings.dane_ports)
     )
     pinned = any(t.pins_key for t in targets)
-    advice = dane.reuse_key_advice(settings, lineage, pinned) if lineage else ""
+    advice = [dane.reuse_key_advice(settings, n, pinned) for n in names]
     return TlsaReport(
-        lineage=lineage,
+        lineage=", ".join(names),
         targets=targets,
-        next_differs=bool(live) and live != served,
-        warnings=(*warnings, *([advice] if advice else [])),
+        next_differs=bool(nexts),
+        warnings=(*warnings, *filter(None, advice)),
     )
 
 
