@@ -212,24 +212,34 @@ def from_report(report: Report, counters: Counters) -> Snapshot:
             )
         else:
             unreadable.append(entry.name)
-    installed = report.installed
-    # The installed file is named after its lineage (`<name>.pem`, `<name>.<stamp>.crt`):
-    # that names it even when no lineage qualifies now (a refused renewal of it).
-    installed_name = Path(installed.file).name
-    owners = [e.name for e in report.lineages if installed_name.startswith(f"{e.name}.")]
-    owner = max(owners, key=len, default=chosen)
-    if installed.cert:
-        certificates.append(
-            CertificateExpiry(owner, "installed", "", _epoch(installed.cert.not_after))
-        )
+    # What each chain has installed and serves: with several chains (ECDSA and RSA, SNI
+    # names) the probes offering each chain's algorithm and name, so that each endpoint is
+    # compared with its own chain's file, not with another algorithm's.
+    per_chain = [(c.lineage, c.installed, c.served) for c in report.chains]
+    if not per_chain:
+        installed = report.installed
+        # The installed file is named after its lineage (`<name>.pem`, `<name>.<stamp>.crt`):
+        # that names it even when no lineage qualifies now (a refused renewal of it).
+        installed_name = Path(installed.file).name
+        owners = [e.name for e in report.lineages if installed_name.startswith(f"{e.name}.")]
+        per_chain = [(max(owners, key=len, default=chosen), installed, report.served)]
     endpoints: list[EndpointCheck] = []
-    for where, seen in report.served.items():
-        if seen.cert:
+    counted: set[str] = set()  # a lineage serving several SNI names has one installed file
+    for owner, installed, served in per_chain:
+        if installed.cert and owner not in counted:
+            counted.add(owner)
             certificates.append(
-                CertificateExpiry(owner, "served", where, _epoch(seen.cert.not_after))
+                CertificateExpiry(owner, "installed", "", _epoch(installed.cert.not_after))
             )
-        matches = bool(seen.cert and installed.cert and seen.cert.sha256 == installed.cert.sha256)
-        endpoints.append(EndpointCheck(where, matches))
+        for where, seen in served.items():
+            if seen.cert:
+                certificates.append(
+                    CertificateExpiry(owner, "served", where, _epoch(seen.cert.not_after))
+                )
+            matches = bool(
+                seen.cert and installed.cert and seen.cert.sha256 == installed.cert.sha256
+            )
+            endpoints.append(EndpointCheck(where, matches))
     tlsa = tuple(
         (t.owner, bool(t.served_matches) and not t.unmatched_chains)
         for t in (report.dane.targets if report.dane else ())

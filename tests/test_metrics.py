@@ -10,12 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
-import signal
 import stat
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,72 +21,14 @@ import pytest
 
 from pftls_hook import metrics
 from tests.support.daemon import WatchProcess
-from tests.support.net import LOOPBACK, free_port, port_accepts, wait_until
+from tests.support.net import LOOPBACK, wait_until
+from tests.support.node_exporter import SAMPLE, NodeExporter, value
 from tests.support.pki import CA, Leaf
 from tests.support.postfix import PostfixInstance
 from tests.support.tool import NAME, Tool, assert_exit
 
 pytestmark = pytest.mark.slow
-NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 EXIT_OK, EXIT_REFUSED = 0, 3
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-class NodeExporter:
-    """prometheus-node-exporter with only the textfile collector, on 127.0.0.1:<port>."""
-
-    def __init__(self, directory: Path, log: Path) -> None:
-        self.port = free_port()
-        self.log = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    NODE_EXPORTER,
-                    f"--web.listen-address={LOOPBACK}:{self.port}",
-                    "--collector.disable-defaults",
-                    "--collector.textfile",
-                    f"--collector.textfile.directory={directory}",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        wait_until(
-            lambda: port_accepts(LOOPBACK, self.port),
-            timeout=15,
-            what="node_exporter listening",
-            on_timeout=lambda: log.read_text(errors="replace"),
-        )
-
-    def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        url = f"http://{LOOPBACK}:{self.port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
-        samples = {}
-        for line in text.splitlines():
-            if not line or line.startswith("#"):
-                continue
-            match = _SAMPLE.match(line)
-            assert match, f"not exposition format: {line!r}"
-            name, labels, value = match.groups()
-            pairs = frozenset(_LABEL.findall(labels or ""))
-            samples[(name, pairs)] = float(value)
-        return samples
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=10)
-
-
-def value(
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
-) -> float:
-    key = (name, frozenset(labels.items()))
-    assert key in samples, (
-        f"no sample {name}{labels}; have {sorted(k for k in samples if k[0] == name)}"
-    )
-    return samples[key]
 
 
 def epoch(leaf: Leaf) -> float:
@@ -280,6 +219,38 @@ def test_registered_deploy_hook_carries_the_metrics_file(
     assert served == epoch(leaf)
 
 
+def test_each_chain_is_held_against_its_own_installed_file(
+    postfix: PostfixInstance, tmp_path: Path, inter: CA, textfile_dir: Path, exporter: NodeExporter
+) -> None:
+    """ECDSA and RSA chains: each endpoint is probed by a client offering one algorithm and
+    compared with that chain's installed file, so a healthy dual setup reads 1 twice."""
+    tool = make_tool(postfix, tmp_path, inter)
+    metrics_file = textfile_dir / "pftls-hook.prom"
+    leaves = {"ecdsa": inter.issue(NAME, key="ec"), "rsa": inter.issue(NAME, key="rsa")}
+    for algorithm, leaf in leaves.items():
+        tool.lineage(leaf, name=f"mail-{algorithm}")
+    assert_exit(tool.run("install", "--metrics-file", str(metrics_file)), EXIT_OK)
+
+    s = exporter.scrape()
+    expiry = "pftls_certificate_not_after_timestamp_seconds"
+    endpoints = {a: f"{LOOPBACK}:{postfix.port} ({a} client)" for a in leaves}
+    matches = {dict(k[1])["endpoint"] for k in s if k[0] == "pftls_served_matches_installed"}
+    assert matches == set(endpoints.values())
+    for algorithm, leaf in leaves.items():
+        lineage, endpoint = f"mail-{algorithm}", endpoints[algorithm]
+        assert value(s, "pftls_served_matches_installed", endpoint=endpoint) == 1
+        assert value(s, expiry, lineage=lineage, source="installed", endpoint="") == epoch(leaf)
+        assert value(s, expiry, lineage=lineage, source="served", endpoint=endpoint) == epoch(leaf)
+
+    # Postfix stopped: neither chain is served.
+    postfix.stop()
+    tool.probe_timeout = "1"
+    assert_exit(tool.run("status", "--metrics-file", str(metrics_file)), EXIT_OK)
+    s = exporter.scrape()
+    for endpoint in endpoints.values():
+        assert value(s, "pftls_served_matches_installed", endpoint=endpoint) == 0
+
+
 # ------------------------------------------------------------------- pure: no Postfix needed
 
 
@@ -311,6 +282,6 @@ def test_render_escapes_label_values_and_parses_back() -> None:
     text = metrics.render(snapshot)
     assert 'lineage="a\\"b\\\\c\\nd"' in text
     for line in text.splitlines():
-        assert line.startswith("# ") or _SAMPLE.match(line), line
+        assert line.startswith("# ") or SAMPLE.match(line), line
     assert 'pftls_served_matches_installed{endpoint="[::1]:25"} 1' in text.splitlines()
     assert 'pftls_deploy_last_success_timestamp_seconds{lineage="x"} 1.25' in text.splitlines()
