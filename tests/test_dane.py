@@ -29,6 +29,7 @@ from pftls_hook import dane
 from pftls_hook.config import DnsServer, load_settings, parse_dns_server
 from pftls_hook.errors import UsageError
 from tests.conftest import MakePostfix
+from tests.support import sclient
 from tests.support.certbot import Certbot
 from tests.support.daemon import WatchProcess
 from tests.support.deployed import (
@@ -41,6 +42,7 @@ from tests.support.deployed import (
 )
 from tests.support.dns import DnsLab, Zone, dns_lab, tlsa_owner
 from tests.support.net import free_port
+from tests.support.node_exporter import NodeExporter, value
 from tests.support.pebble import Pebble
 from tests.support.pki import CA, Leaf
 from tests.support.postfix import served_sha256
@@ -212,10 +214,12 @@ class DaneRig:
     def owner(self) -> str:
         return tlsa_owner(self.host)
 
-    def run(self, *args: str, dane_mode: str = "enforce") -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, dane_mode: str = "enforce", env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """The tool with DANE on (Tool's rig turns it off) through the test resolver."""
         return self.tool.run(
-            "--dane", dane_mode, "--dns-resolver", self.lab.resolver.address, *args
+            "--dane", dane_mode, "--dns-resolver", self.lab.resolver.address, *args, env=env
         )
 
     def publish(self, *records: str, owner: str | None = None) -> None:
@@ -743,6 +747,97 @@ def test_each_served_chain_must_match_rsa_and_ecdsa(rig: DaneRig, inter: CA) -> 
     rig.publish(rec_311(rsa.cert), rec_311(ecdsa.cert))
     report = json.loads(rig.run("tlsa", "--json").stdout)
     assert report["broken"] == []
+
+
+def test_dual_chains_a_renewal_the_records_reject_is_refused_the_other_deploys(
+    rig: DaneRig, inter: CA
+) -> None:
+    """Two managed lineages, ECDSA and RSA, both renewed with new keys; only the new RSA
+    key is published. The ECDSA renewal is refused (its old chain stays served, still
+    matching), the RSA one deploys, and install exits with the refusal."""
+    names = {"ec": f"{rig.host}-ecdsa", "rsa": f"{rig.host}-rsa"}
+    first = {key: inter.issue(rig.host, key=key) for key in names}
+    for key, name in names.items():
+        rig.tool.lineage(first[key], name=name)
+    assert_exit(rig.tool.run("install"), EXIT_OK)  # DANE off for version 1
+    rig.publish(*(rec_311(leaf.cert) for leaf in first.values()))
+    renewed = {key: inter.issue(rig.host, key=key) for key in names}
+    for key, name in names.items():
+        rig.tool.lineage(renewed[key], 2, name=name)
+    rig.publish(*(rec_311(leaf.cert) for leaf in first.values()), rec_311(renewed["rsa"].cert))
+    main_cf = rig.tool.postfix.main_cf_bytes()
+
+    hook = rig.run("deploy-hook", env={"RENEWED_LINEAGE": str(rig.tool.live_dir / names["ec"])})
+    assert_exit(hook, EXIT_REFUSED)
+    assert "refused by DANE" in hook.stderr
+    result = rig.run("install")
+
+    assert_exit(result, EXIT_REFUSED)
+    assert f"{names['ec']}: refused" in result.stderr, result.stderr
+    assert f"{names['rsa']}: deployed" in result.stderr, result.stderr
+    port = rig.tool.postfix.port
+    assert sclient.served_sha256(LOOPBACK, port, sclient.ECDSA_ONLY) == sha256(first["ec"])
+    assert sclient.served_sha256(LOOPBACK, port, sclient.RSA_ONLY) == sha256(renewed["rsa"])
+    assert rig.tool.postfix.main_cf_bytes() == main_cf
+    report = json.loads(rig.run("tlsa", "--json").stdout)
+    assert report["broken"] == []  # every chain still served matches a record
+    held = rig.run("status", "--check")
+    assert held.returncode == 1, held.stdout + held.stderr
+    assert held.stdout.startswith("PFTLS-HOOK WARNING: DANE: renewal held back"), held.stdout
+    assert f"{rig.owner} IN TLSA {rec_311(renewed['ec'].cert)}" in held.stdout
+
+    # The other way round: the ECDSA key is published at last, the RSA lineage renews
+    # with a key that is not.
+    again = inter.issue(rig.host, key="rsa")
+    rig.tool.lineage(again, 3, name=names["rsa"])
+    rig.publish(*(rec_311(leaf.cert) for leaf in (*first.values(), *renewed.values())))
+    result = rig.run("install")
+    assert_exit(result, EXIT_REFUSED)
+    assert f"{names['ec']}: deployed" in result.stderr, result.stderr
+    assert f"{names['rsa']}: refused" in result.stderr, result.stderr
+    assert sclient.served_sha256(LOOPBACK, port, sclient.ECDSA_ONLY) == sha256(renewed["ec"])
+    assert sclient.served_sha256(LOOPBACK, port, sclient.RSA_ONLY) == sha256(renewed["rsa"])
+    held = rig.run("status", "--check")
+    assert held.returncode == 1, held.stdout + held.stderr
+    assert held.stdout.startswith("PFTLS-HOOK WARNING: DANE: renewal held back"), held.stdout
+    assert f"{rig.owner} IN TLSA {rec_311(again.cert)}" in held.stdout
+
+
+@pytest.mark.slow
+def test_tlsa_match_metric_as_node_exporter_serves_it(
+    rig: DaneRig, inter: CA, tmp_path: Path
+) -> None:
+    first = _deploy_first(rig, inter)
+    textfile = tmp_path / "textfile"
+    textfile.mkdir()
+    metrics_file = str(textfile / "pftls-hook.prom")
+    exporter = NodeExporter(textfile, tmp_path / "node-exporter.log")
+    try:
+        assert_exit(rig.run("status", "--metrics-file", metrics_file), EXIT_OK)
+        assert not [k for k in exporter.scrape() if k[0] == "pftls_dane_tlsa_match"]
+
+        rig.publish(rec_311(first.cert))  # seen by the next lookup (no cache, no NSEC reuse)
+        assert_exit(rig.run("status", "--metrics-file", metrics_file), EXIT_OK)
+        assert value(exporter.scrape(), "pftls_dane_tlsa_match", target=rig.owner) == 1
+
+        rig.publish("3 1 1 " + "cd" * 32)  # a record no served key matches
+        assert_exit(rig.run("status", "--metrics-file", metrics_file), EXIT_OK)
+        assert value(exporter.scrape(), "pftls_dane_tlsa_match", target=rig.owner) == 0
+
+        rig.publish()  # no records: nothing to match, no sample
+        assert_exit(rig.run("status", "--metrics-file", metrics_file), EXIT_OK)
+        samples = exporter.scrape()
+        assert (
+            value(
+                samples,
+                "pftls_served_matches_installed",
+                endpoint=f"{LOOPBACK}:{rig.tool.postfix.port}",
+            )
+            == 1
+        )
+        assert not [k for k in samples if k[0] == "pftls_dane_tlsa_match"]
+    finally:
+        exporter.stop()
 
 
 def test_tlsa_and_status_when_dns_cannot_answer(rig: DaneRig, inter: CA) -> None:
