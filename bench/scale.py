@@ -32,6 +32,7 @@ from tests.support import lineage as fake
 from tests.support.net import free_port
 from tests.support.pki import CA
 from tests.support.postfix import PostfixInstance
+from tests.support.tool import Tool
 
 from .bed import say
 from .results import SCALE_CHECK, SCALE_HOOK, SCALE_INSTALL, SCALE_STATUS, ScaleSample
@@ -75,16 +76,13 @@ def run(count: int, renewals: int, base: Path) -> list[ScaleSample]:
     postfix.create()
     postfix.start()
     try:
-        tool = [
-            sys.executable, "-m", "pftls_hook",
-            "--config", str(config),
-            "--live-dir", str(config_dir / "live"),
-            "--postfix-config-dir", str(postfix.config_dir),
-            "--install-dir", str(base / "tls"),
-            "--ca-file", str(base / "root.pem"),
-            "--lock-file", str(base / "run" / "deploy.lock"),
-            "--probe-timeout", "10",
-        ]  # fmt: skip
+        # The tests' rig builds the options: the same as theirs, DANE off among them (no
+        # TLSA lookup through the machine's resolver, which is not on loopback).
+        rig = Tool(
+            postfix, base, base / "root.pem", probe_timeout="10",
+            certbot_config_dir=config_dir, config_file=config,
+        )  # fmt: skip
+        tool = [sys.executable, "-m", "pftls_hook", *rig.options()]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PFTLS_HOOK_")}
         say("scale: install (first full deploy)")
         samples = [timed(SCALE_INSTALL, [*tool, "-q", "install"], env)]
