@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -234,10 +233,11 @@ def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
         if explicit:
             raise UsageError(f"{path}: config file not found") from None
         return {}
-    if st.st_uid not in (0, os.geteuid()):
-        raise UsageError(f"{path}: config file must be owned by root")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise UsageError(f"{path}: config file must not be writable by group or others")
+    from pftls_hook.fsutil import untrusted  # noqa: PLC0415 - `--help` loads no core module
+
+    reason = untrusted(st)
+    if reason:
+        raise UsageError(f"{path}: config file {reason}")
     import tomllib  # noqa: PLC0415 - only when there is a file: the hook starts leaner
 
     try:

@@ -10,7 +10,8 @@ Contract:
   the new, never a mix, and a crash leaves one of them: a temp file in the same directory,
   created 0600 with O_EXCL (key bytes are never readable by others, not for a moment), owned
   by root, given `mode`, written, fsynced, renamed over `path`, the directory fsynced. On any
-  failure the temp file is removed and `path` is untouched.
+  failure the temp file is removed and `path` is untouched. `temp_suffix` ends the temp
+  name (`~` for certbot's hooks dir, whose readers skip such names).
 - `attempts(timeout, interval)` paces a retry loop until a deadline (lock, settle, probe).
 """
 
@@ -43,12 +44,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TEMP_INFIX}{os.getpid()}")
+def temp_path(path: Path, suffix: str = "") -> Path:
+    return path.with_name(f".{path.name}{TEMP_INFIX}{os.getpid()}{suffix}")
 
 
-def atomic_write(path: Path, data: bytes, mode: int) -> None:
-    tmp = temp_path(path)
+def atomic_write(path: Path, data: bytes, mode: int, *, temp_suffix: str = "") -> None:
+    tmp = temp_path(path, temp_suffix)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)  # left by a killed run that had our pid
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

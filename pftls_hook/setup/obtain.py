@@ -26,7 +26,6 @@ import os
 import shlex
 import stat
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from pftls_hook import runner
 from pftls_hook.config import DEFAULT_CONFIG, Settings, load_settings
 from pftls_hook.deploy import Deployer, Outcome
 from pftls_hook.errors import CommandError, EnvironmentRefusedError, RefusedError, UsageError
-from pftls_hook.fsutil import fsync_dir
+from pftls_hook.fsutil import atomic_write, fsync_dir, untrusted
 from pftls_hook.lineage import list_lineages
 from pftls_hook.select import leaf_of
 from pftls_hook.setup import AUTHENTICATORS
@@ -361,8 +360,9 @@ def _hooks_dir(settings: Settings) -> Path:
     st = os.lstat(directory)
     if not stat.S_ISDIR(st.st_mode):
         raise EnvironmentRefusedError(f"{directory}: not a directory")
-    if st.st_uid not in (0, os.geteuid()) or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise EnvironmentRefusedError(f"{directory}: writable by others than root")
+    reason = untrusted(st)
+    if reason:
+        raise EnvironmentRefusedError(f"{directory}: {reason}")
     return directory
 
 
@@ -378,20 +378,10 @@ def register(settings: Settings, *, echo: Callable[[str], None] = print) -> str:
         echo(f"would write {path} (0755):")
         echo(script.decode().rstrip("\n"))
         return "dry run: nothing changed"
-    directory = _hooks_dir(settings)
-    # A name ending in "~": certbot skips such files, so it never runs a half-written hook.
-    fd, temp = tempfile.mkstemp(prefix=f".{HOOK_FILE}.", suffix="~", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(script)
-            out.flush()
-            os.fchmod(out.fileno(), 0o755)
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    fsync_dir(directory)
+    _hooks_dir(settings)
+    # The temp name ends in "~": certbot skips such files, so it never runs a half-written
+    # hook (the temp file is executable before its bytes are all there).
+    atomic_write(path, script, 0o755, temp_suffix="~")
     return f"{path}: registered"
 
 

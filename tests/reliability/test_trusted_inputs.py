@@ -149,9 +149,9 @@ def _config(tool: Tool, mode: int, owner: int = 0) -> Path:
 
 
 CONFIGS: dict[str, tuple[int, int, str]] = {
-    "group-writable": (0o664, 0, "must not be writable by group or others"),
-    "world-writable": (0o646, 0, "must not be writable by group or others"),
-    "owned by another uid": (0o644, NOBODY, "must be owned by root"),
+    "group-writable": (0o664, 0, "is writable by group or others"),
+    "world-writable": (0o646, 0, "is writable by group or others"),
+    "owned by another uid": (0o644, NOBODY, "is owned by uid 65534, not root"),
 }
 
 
