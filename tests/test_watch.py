@@ -581,17 +581,12 @@ def test_real_certbot_renewal_with_hook_and_daemon(
     config_file.chmod(0o644)
     notify = NotifySocket()
     world = World(postfix, tmp_path, CA.root(), notify, config_file)
-    # World's paths, but the live dir is certbot's own.
-    options = [
-        "--config", str(config_file),
-        "--live-dir", str(certbot.live_dir),
-        "--postfix-config-dir", str(postfix.config_dir),
-        "--install-dir", str(tmp_path / "tls"),
-        "--ca-file", str(tmp_path / "ca.pem"),
-        "--lock-file", str(tmp_path / "run" / "deploy.lock"),
-        "--debounce", str(DEBOUNCE),
-        "--dane", "off",
-    ]  # fmt: skip
+    # World's paths, but the live dir is certbot's own: the tests' one rig builds them.
+    tool = Tool(
+        postfix, tmp_path, tmp_path / "ca.pem",
+        certbot_config_dir=certbot.config_dir, config_file=config_file,
+    )  # fmt: skip
+    options = [*tool.options(), "--debounce", str(DEBOUNCE)]
     daemon = WatchProcess(options, world.env(), tmp_path / "daemon.log", tmp_path).start()
     try:
         notify.wait_for(lambda m: m.get("READY") == "1", timeout=DEPLOYED)
