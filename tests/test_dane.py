@@ -621,6 +621,7 @@ def test_reuse_key_advice_when_3_1_1_is_published_without_reuse_key(
     rig.publish(rec_311(first.cert))
     advice = "no reuse_key = True while 3 1 x TLSA records are published"
     assert advice in rig.run("tlsa").stdout
+    assert advice in rig.run("status").stdout
     renewed = inter.issue(rig.host)
     rig.renew(renewed)
     rig.publish(rec_311(first.cert), rec_311(renewed.cert))
