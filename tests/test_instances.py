@@ -1,27 +1,25 @@
 """Several Postfix instances (`--postfix-config-dir` repeated): each gets the same deploy in
 its own main.cf, is reloaded and proven on its own listeners, and a failure in any rolls
-every instance back. Two real private instances; the reload failure of one is injected
-through the runner (as in tests/reliability/test_faults.py), everything else is real."""
+every instance back. Two real private instances; the failing reload of one is a real
+`postfix reload` failing (its queue broken under it), nothing in-process is replaced."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from pftls_hook import runner
-from pftls_hook.config import Settings
-from pftls_hook.deploy import Deployer
-from pftls_hook.errors import DeployFailedError
-from pftls_hook.postfix import Postfix
 from tests.conftest import MakePostfix
+from tests.support.net import wait_until
 from tests.support.pki import CA
 from tests.support.postfix import PostfixInstance, served_sha256
 from tests.support.tool import NAME, Tool, assert_exit
 from tests.support.trusted import sha, trusting_tool
 
 HOST = "127.0.0.1"
+EXIT_ROLLED_BACK = 4
 
 
 @pytest.fixture(scope="module")
@@ -67,20 +65,20 @@ def test_each_instance_gets_the_deploy_and_its_renewals(
         assert served_sha256(HOST, instance.port) == sha(renewed)
 
 
-class ReloadFails:
-    """runner.run, except that `postfix -c DIR reload` fails for one instance (DIR)."""
-
-    def __init__(self, config_dir: Path) -> None:
-        self.config_dir = str(config_dir)
-        self.failed = 0
-
-    def __call__(
-        self, argv: Sequence[str], *, timeout: float = runner.DEFAULT_TIMEOUT, **kw: object
-    ) -> runner.Result:
-        if argv[0] == "postfix" and argv[-1] == "reload" and self.config_dir in argv:
-            self.failed += 1
-            return runner.Result(tuple(argv), 1, "", "postfix: fatal: injected failure")
-        return runner.run(argv, timeout=timeout, **kw)  # type: ignore[arg-type]
+@contextmanager
+def reload_fails(instance: PostfixInstance) -> Iterator[None]:
+    """`postfix reload` of this instance really fails while inside: its `active` queue
+    directory is a file, so postsuper (which reload runs) dies with "open directory active:
+    Not a directory". master keeps running and serving; postconf still reads the state."""
+    active = instance.queue_dir / "active"
+    saved = active.with_name("active.saved")
+    active.rename(saved)
+    active.write_bytes(b"")
+    try:
+        yield
+    finally:
+        active.unlink()
+        saved.rename(active)
 
 
 def test_one_instance_failing_to_reload_rolls_both_back(
@@ -91,23 +89,16 @@ def test_one_instance_failing_to_reload_rolls_both_back(
     assert_exit(tool.run(*both(pair), "install"), 0)
     main_cfs = [i.main_cf_bytes() for i in pair]
     installed = (tool.install_dir / f"{NAME}.pem").read_bytes()
+    reloaded = pair[0].reloads()
     tool.lineage(inter.issue(NAME), 2)
 
-    failing = ReloadFails(pair[1].config_dir)
-    settings = Settings(
-        live_dir=tool.live_dir,
-        postfix_config_dir=pair[0].config_dir,
-        postfix_config_dirs=tuple(i.config_dir for i in pair),
-        install_dir=tool.install_dir,
-        ca_file=tool.ca_file or Path("/nonexistent"),
-        lock_file=tool.lock_file,
-        probe_timeout=5,
-    )
-    postfixes = [Postfix(pair[0].config_dir), Postfix(pair[1].config_dir, run=failing)]
-    with pytest.raises(DeployFailedError):
-        Deployer(settings, postfixes=postfixes).deploy(NAME)
+    with reload_fails(pair[1]):
+        result = tool.run(*both(pair), "install")
 
-    assert failing.failed >= 1
+    assert_exit(result, EXIT_ROLLED_BACK)
+    assert "open directory active: Not a directory; rolling back" in result.stderr
+    # The first instance had been reloaded onto the renewal; the rollback reloaded it back.
+    wait_until(lambda: pair[0].reloads() >= reloaded + 2, timeout=10, what="both reloads")
     assert (tool.install_dir / f"{NAME}.pem").read_bytes() == installed
     for instance, main_cf in zip(pair, main_cfs, strict=True):
         assert instance.main_cf_bytes() == main_cf

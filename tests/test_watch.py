@@ -15,7 +15,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -47,16 +46,10 @@ NAME = HOST  # certbot names a lineage after its first domain
 DEBOUNCE = 0.2
 # Generous: a deploy with a main.cf write takes ~2 s (Postfix waits for a "hot" main.cf).
 DEPLOYED = 15.0
-_RELOAD = re.compile(r"postfix/master\[\d+\]: reload ")
 
 
 def sha256_of(leaf: Leaf) -> str:
     return hashlib.sha256(leaf.cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
-def reloads(postfix: PostfixInstance) -> int:
-    """How many times master was reloaded (its own log line per SIGHUP)."""
-    return len(_RELOAD.findall(postfix.log_text()))
 
 
 @dataclass
@@ -216,12 +209,12 @@ def test_daemon_deploys_at_start_and_then_each_renewal(world: World) -> None:
     # READY=1 comes after the first reconcile: the certificate is already served.
     assert world.served() == sha256_of(first)
     for _ in range(2):
-        before = reloads(world.postfix)
+        before = world.postfix.reloads()
         start = len(world.notify.drain())
         leaf = world.renew()
         world.wait_served(leaf)
         status_after(world, start, sha256_of(leaf)[:16])
-        assert reloads(world.postfix) == before + 1
+        assert world.postfix.reloads() == before + 1
 
 
 def test_renewal_made_while_stopped_is_deployed_at_start(world: World) -> None:
@@ -250,7 +243,7 @@ def test_half_renewed_lineage_waits_until_settled(world: World, half: str) -> No
     # A short settle_timeout: even a lineage half-renewed for longer than that is not
     # deployed while Postfix uses it (it is kept, and reported, until certbot finishes).
     daemon = world.daemon(PFTLS_HOOK_SETTLE_TIMEOUT="0.5")
-    before = reloads(world.postfix)
+    before = world.postfix.reloads()
     n, leaf = world.write_next()
     if half == "links-on-two-versions":
         fake.point_links(world.certbot_dir, NAME, {"cert": n})  # new cert, old key
@@ -261,7 +254,7 @@ def test_half_renewed_lineage_waits_until_settled(world: World, half: str) -> No
     status_after(world, start, "not settled")
     time.sleep(1.5)  # well past the debounce and the settle timeout
     assert world.served() == sha256_of(first)
-    assert reloads(world.postfix) == before
+    assert world.postfix.reloads() == before
     assert daemon.alive()
     # A reload meanwhile must still end in READY=1, although the lineage stays unsettled.
     start = len(world.notify.drain())
@@ -274,14 +267,14 @@ def test_half_renewed_lineage_waits_until_settled(world: World, half: str) -> No
     else:
         fake.remove_previous_links(world.certbot_dir, NAME)
     world.wait_served(leaf)
-    assert reloads(world.postfix) == before + 1
+    assert world.postfix.reloads() == before + 1
 
 
 def test_deploy_hook_and_daemon_together_reload_once_per_renewal(world: World) -> None:
     world.new_lineage()
     world.daemon()
     for _ in range(3):
-        before = reloads(world.postfix)
+        before = world.postfix.reloads()
         start = len(world.notify.drain())
         leaf = world.renew()
         # certbot runs its deploy hook right after the links are final, while the daemon
@@ -291,7 +284,7 @@ def test_deploy_hook_and_daemon_together_reload_once_per_renewal(world: World) -
         assert world.served() == sha256_of(leaf)
         # Wait until the daemon has dealt with this renewal too (deployed or unchanged).
         status_after(world, start, sha256_of(leaf)[:16])
-        assert reloads(world.postfix) == before + 1, world.postfix.log_text()
+        assert world.postfix.reloads() == before + 1, world.postfix.log_text()
 
 
 def test_status_keeps_the_last_deploy_through_later_no_op_events(world: World) -> None:
@@ -363,7 +356,7 @@ def test_lineage_postfix_does_not_use_is_ignored(world: World) -> None:
     other = world.issue("other.test.example")
     world.new_lineage(other, name="other.test.example")
     daemon = world.daemon()
-    before = reloads(world.postfix)
+    before = world.postfix.reloads()
     main_cf = world.postfix.main_cf_bytes()
     fake.renew(
         world.certbot_dir,
@@ -375,7 +368,7 @@ def test_lineage_postfix_does_not_use_is_ignored(world: World) -> None:
     )
     daemon.wait_output("other.test.example changed; Postfix uses mail.test.example", timeout=5)
     assert world.served() == sha256_of(served)
-    assert reloads(world.postfix) == before
+    assert world.postfix.reloads() == before
     assert world.postfix.main_cf_bytes() == main_cf
     assert not list((world.tmp / "tls").glob("other*"))
 
@@ -599,7 +592,7 @@ def test_real_certbot_renewal_with_hook_and_daemon(
         assert served_sha256(LOOPBACK, postfix.port) == live_sha()
         hook = " ".join([sys.executable, "-m", "pftls_hook", *options, "deploy-hook"])
         for _ in range(2):
-            before = reloads(postfix)
+            before = postfix.reloads()
             start = len(notify.drain())
             certbot.renew(cert_name=HOST, deploy_hook=hook)
             expected = live_sha()
@@ -608,7 +601,7 @@ def test_real_certbot_renewal_with_hook_and_daemon(
             notify.wait_for(
                 lambda m, e=expected: e[:16] in m.get("STATUS"), timeout=DEPLOYED, start=start
             )
-            assert reloads(postfix) == before + 1, postfix.log_text()
+            assert postfix.reloads() == before + 1, postfix.log_text()
         code, seconds = daemon.stop()
         assert code == 0 and seconds < 1.0
     finally:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import subprocess
 import threading
 import time
@@ -50,14 +49,13 @@ from tests.support.figures import record
 from tests.support.installed import stale_temps
 from tests.support.net import wait_until
 from tests.support.pki import CA, Leaf
+from tests.support.postfix import RELOAD_LINE
 from tests.support.tool import NAME, Tool
 
 ROUNDS = 50
 COMMAND_TIMEOUT = 60.0  # a bound for each command; the lock timeout is 120 s
 DEBOUNCE = "0.2"
 SEED = 20261126  # fixed: a failure can be replayed
-# Postfix's master logs this on every `postfix reload` it carries out.
-POSTFIX_RELOAD = re.compile(r"postfix/master\[\d+\]: reload -- version ", re.M)
 MAILLOG_WAIT = 10.0  # postlogd writes the maillog asynchronously
 
 
@@ -76,7 +74,7 @@ def action(stderr: str) -> str:
 
 
 def postfix_reloads(tool: Tool, since: int) -> int:
-    return len(POSTFIX_RELOAD.findall(tool.postfix.log_text()[since:]))
+    return len(RELOAD_LINE.findall(tool.postfix.log_text()[since:]))
 
 
 @dataclass(frozen=True)

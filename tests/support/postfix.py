@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+import re
 import smtplib
 import ssl
 import stat
@@ -34,6 +35,8 @@ MAX_SOCKET_PATH = 107
 
 # master.cf services that would listen on more ports or put a second TLS
 # endpoint (tlsproxy behind postscreen) in front of smtpd.
+# master logs this line for every reload it carries out (one per SIGHUP it acts on).
+RELOAD_LINE = re.compile(r"postfix/master\[\d+\]: reload -- version ", re.M)
 _DROPPED_SERVICES = frozenset({"postscreen", "smtpd", "dnsblog", "tlsproxy", "submission"})
 
 
@@ -269,6 +272,11 @@ class PostfixInstance:
             return self.maillog.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def reloads(self) -> int:
+        """How many reloads master has logged. postlogd writes the maillog asynchronously:
+        poll for an expected count rather than reading it once."""
+        return len(RELOAD_LINE.findall(self.log_text()))
 
     def _log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
