@@ -84,6 +84,22 @@ def test_each_sni_name_gets_its_lineage_and_other_clients_the_default(
     assert again.stderr.count("unchanged") == 3, again.stderr
 
 
+def test_an_sni_name_no_lineage_covers_is_named_and_gets_the_default(tool: Tool, inter: CA) -> None:
+    leaves = lineages(tool, inter)
+    orphan = "mx.none.example"
+    warning = f"sni {orphan}: no lineage covers it: its clients are served the default"
+
+    result = tool.run(*sni(ONE, orphan), "install")
+
+    assert_exit(result, EXIT_OK)
+    assert warning in result.stderr
+    assert shown(tool, ONE) == sha(leaves[ONE])
+    assert shown(tool, orphan) == sha(leaves[NAME])
+    entries = {line.split()[0] for line in table(tool).read_text().splitlines()[1:]}
+    assert entries == {ONE, NAME}
+    assert warning in tool.run(*sni(ONE, orphan), "status").stdout
+
+
 def test_renewal_of_an_sni_lineage_changes_the_sni_answer(tool: Tool, inter: CA) -> None:
     # The stale-map failure: with a `postmap -F` table Postfix would keep the old copy.
     leaves = lineages(tool, inter)
