@@ -241,10 +241,12 @@ class Deployer:
         table = sni.read(sni.table_path(self.install_dir.path))
         listed = {name: self.install_dir.lineages_of(files) for name, files in table.items()}
         selection = choose(self.settings, hostnames, installed, listed, focus=focus)
-        # An `sni` name no lineage covers stays out of the table: Postfix gives its clients
-        # the default chain, whose names do not match. Say so rather than stay silent.
+        # An `sni` name no usable lineage covers (none does, or the one that does is refused
+        # or half-renewed) stays out of the table: Postfix gives its clients the default
+        # chain, whose names do not match. Say so rather than stay silent.
         notes.extend(
-            f"sni {name}: no lineage covers it: its clients are served the default certificate"
+            f"sni {name}: no usable lineage covers it: its clients are served the default"
+            " certificate"
             for name, chains in selection.sni
             if not chains
         )

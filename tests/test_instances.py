@@ -89,6 +89,8 @@ def test_one_instance_failing_to_reload_rolls_both_back(
     assert_exit(tool.run(*both(pair), "install"), 0)
     main_cfs = [i.main_cf_bytes() for i in pair]
     installed = (tool.install_dir / f"{NAME}.pem").read_bytes()
+    # postlogd writes the maillog asynchronously: the install's reload line first.
+    wait_until(lambda: pair[0].reloads() >= 1, timeout=10, what="the install's reload logged")
     reloaded = pair[0].reloads()
     tool.lineage(inter.issue(NAME), 2)
 
@@ -99,6 +101,7 @@ def test_one_instance_failing_to_reload_rolls_both_back(
     assert "open directory active: Not a directory; rolling back" in result.stderr
     # The first instance had been reloaded onto the renewal; the rollback reloaded it back.
     wait_until(lambda: pair[0].reloads() >= reloaded + 2, timeout=10, what="both reloads")
+    assert pair[0].reloads() == reloaded + 2, pair[0].log_text()
     assert (tool.install_dir / f"{NAME}.pem").read_bytes() == installed
     for instance, main_cf in zip(pair, main_cfs, strict=True):
         assert instance.main_cf_bytes() == main_cf

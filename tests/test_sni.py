@@ -87,7 +87,7 @@ def test_each_sni_name_gets_its_lineage_and_other_clients_the_default(
 def test_an_sni_name_no_lineage_covers_is_named_and_gets_the_default(tool: Tool, inter: CA) -> None:
     leaves = lineages(tool, inter)
     orphan = "mx.none.example"
-    warning = f"sni {orphan}: no lineage covers it: its clients are served the default"
+    warning = f"sni {orphan}: no usable lineage covers it: its clients are served the default"
 
     result = tool.run(*sni(ONE, orphan), "install")
 
