@@ -216,7 +216,7 @@ def collect(deployer: Deployer) -> Report:
         warnings=warnings,
         watch=watchstate.read(watchstate.state_file(deployer.settings)),
         chains=chains,
-        dane=tlsa.status(deployer, None, ctx),  # every default chain's lineage
+        dane=tlsa.status(deployer, ctx),
     )
 
 

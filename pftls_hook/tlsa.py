@@ -93,10 +93,14 @@ def _target(
     settings: Settings,
 ) -> TargetReport:
     served = chains[0] if chains else []
+    next_records = {name: dane.records_for(chain) for name, chain in nexts.items()}
     ours: list[tuple[str, dane.Tlsa]] = []
-    roles = [*(("served", c) for c in chains), *(("next", c) for c in nexts.values())]
-    for role, chain in roles:
-        for i, record in enumerate(dane.records_for(chain)):
+    roles = [
+        *(("served", dane.records_for(c)) for c in chains),
+        *(("next", records) for records in next_records.values()),
+    ]
+    for role, records in roles:
+        for i, record in enumerate(records):
             ours.append((f"{role} {'key' if i == 0 else 'issuer'}", record))
     try:
         answer = lookup(target, settings.dns_resolvers)
@@ -121,7 +125,7 @@ def _target(
         served_matches=str(dane.match(served, answer.usable) or ""),
         unmatched_chains=sum(1 for c in chains[1:] if not dane.match(c, answer.usable)),
         held=tuple(
-            (name, target.record(dane.records_for(chain)[0]))
+            (name, target.record(next_records[name][0]))
             for name, chain in nexts.items()
             if answer.usable and not dane.match(chain, answer.usable)
         ),
@@ -203,11 +207,11 @@ __all__ = ["RecordState", "TargetReport", "TlsaReport", "as_json", "collect", "r
 _RANK = {"OK": 0, "WARNING": 1, "UNKNOWN": 2, "CRITICAL": 3}
 
 
-def status(deployer: Deployer, name: str | None, ctx: Context) -> TlsaReport | None:
+def status(deployer: Deployer, ctx: Context) -> TlsaReport | None:
     """The DANE part of `status` (None with --dane off: nothing is looked up)."""
     if deployer.settings.dane == "off":
         return None
-    return collect(deployer, name, ctx)
+    return collect(deployer, None, ctx)  # every default chain's lineage
 
 
 def status_lines(report: TlsaReport | None) -> list[str]:

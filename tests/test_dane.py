@@ -284,6 +284,14 @@ def assert_refused_unchanged(
     assert served_sha256(LOOPBACK, rig.tool.postfix.port) == was.served
 
 
+def assert_held_back(rig: DaneRig, renewed: Leaf) -> None:
+    """`status --check` says WARNING: the renewal waits for its record, which it names."""
+    held = rig.run("status", "--check")
+    assert held.returncode == 1, held.stdout + held.stderr
+    assert held.stdout.startswith("PFTLS-HOOK WARNING: DANE: renewal held back"), held.stdout
+    assert f"{rig.owner} IN TLSA {rec_311(renewed.cert)}" in held.stdout
+
+
 def assert_published_line(result: subprocess.CompletedProcess[str], line: str) -> None:
     assert f"publish: {line}" in result.stderr, result.stderr
 
@@ -601,10 +609,7 @@ def test_status_check_warns_while_held_back_and_is_critical_when_nothing_matches
 
     renewed = inter.issue(rig.host)
     rig.renew(renewed)
-    held = rig.run("status", "--check")
-    assert held.returncode == 1, held.stdout + held.stderr
-    assert held.stdout.startswith("PFTLS-HOOK WARNING: DANE: renewal held back")
-    assert f"{rig.owner} IN TLSA {rec_311(renewed.cert)}" in held.stdout
+    assert_held_back(rig, renewed)
 
     rig.publish("3 1 1 " + "cd" * 32)  # the admin published a wrong record
     broken = rig.run("status", "--check")
@@ -782,10 +787,7 @@ def test_dual_chains_a_renewal_the_records_reject_is_refused_the_other_deploys(
     assert rig.tool.postfix.main_cf_bytes() == main_cf
     report = json.loads(rig.run("tlsa", "--json").stdout)
     assert report["broken"] == []  # every chain still served matches a record
-    held = rig.run("status", "--check")
-    assert held.returncode == 1, held.stdout + held.stderr
-    assert held.stdout.startswith("PFTLS-HOOK WARNING: DANE: renewal held back"), held.stdout
-    assert f"{rig.owner} IN TLSA {rec_311(renewed['ec'].cert)}" in held.stdout
+    assert_held_back(rig, renewed["ec"])
 
     # The other way round: the ECDSA key is published at last, the RSA lineage renews
     # with a key that is not.
@@ -798,10 +800,7 @@ def test_dual_chains_a_renewal_the_records_reject_is_refused_the_other_deploys(
     assert f"{names['rsa']}: refused" in result.stderr, result.stderr
     assert sclient.served_sha256(LOOPBACK, port, sclient.ECDSA_ONLY) == sha256(renewed["ec"])
     assert sclient.served_sha256(LOOPBACK, port, sclient.RSA_ONLY) == sha256(renewed["rsa"])
-    held = rig.run("status", "--check")
-    assert held.returncode == 1, held.stdout + held.stderr
-    assert held.stdout.startswith("PFTLS-HOOK WARNING: DANE: renewal held back"), held.stdout
-    assert f"{rig.owner} IN TLSA {rec_311(again.cert)}" in held.stdout
+    assert_held_back(rig, again)
 
 
 @pytest.mark.slow

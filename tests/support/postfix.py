@@ -33,10 +33,10 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 MAX_SOCKET_PATH = 107
 
-# master.cf services that would listen on more ports or put a second TLS
-# endpoint (tlsproxy behind postscreen) in front of smtpd.
 # master logs this line for every reload it carries out (one per SIGHUP it acts on).
 RELOAD_LINE = re.compile(r"postfix/master\[\d+\]: reload -- version ", re.M)
+# master.cf services that would listen on more ports or put a second TLS
+# endpoint (tlsproxy behind postscreen) in front of smtpd.
 _DROPPED_SERVICES = frozenset({"postscreen", "smtpd", "dnsblog", "tlsproxy", "submission"})
 
 
