@@ -201,6 +201,7 @@ class Daemon:
 
         # What was done.
         self._serving: str | None = None
+        self._leaves: dict[str, str] = {}  # lineage -> its leaf in this daemon's last outcome
         self._ready = False
         self._state = watchstate.WatchState(pid=os.getpid(), started=_iso())
         self._use(settings)
@@ -473,8 +474,13 @@ class Daemon:
         self._serving = outcome.lineage  # deploy() has logged what it did
         self._state.serving = outcome.lineage
         last = self._state.last_outcome
+        seen = self._leaves.get(outcome.lineage)
+        self._leaves[outcome.lineage] = outcome.leaf_sha256
         if (
             outcome.action == "unchanged"
+            # A no-op of a certificate this daemon has not seen served: someone else (the
+            # deploy hook) switched it meanwhile, which the status must name.
+            and seen in (None, outcome.leaf_sha256)
             and last is not None
             and status.startswith(f"{last.lineage}: {last.action} (")  # what it says now
             and any((o.lineage, o.leaf_sha256) == (last.lineage, last.leaf_sha256) for o in done)
