@@ -36,7 +36,8 @@ from pftls_hook.errors import (
 from pftls_hook.setup import AUTHENTICATORS, CLIENT_LEVELS, OBTAIN_EPILOG, PROPAGATION_HELP
 
 if TYPE_CHECKING:
-    from pftls_hook.deploy import Deployer, Outcome
+    from pftls_hook.deploy import Deployer
+    from pftls_hook.outcome import Outcome
     from pftls_hook.status import Report
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
@@ -175,16 +176,15 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def _deploy_hook(settings: Settings) -> Outcome:
     # The core, here and below, is imported by the commands that use it: `--help` and a
-    # usage error start without it (or cryptography).
-    from pftls_hook.deploy import Deployer  # noqa: PLC0415
+    # usage error start without it (or cryptography, which a no-op skips: hook.py).
+    from pftls_hook import hook  # noqa: PLC0415
     from pftls_hook.lineage import renewed_lineage  # noqa: PLC0415
 
     lineage = os.environ.get("RENEWED_LINEAGE", "")
     if not lineage:
         raise UsageError("deploy-hook: RENEWED_LINEAGE is not set (run it from certbot)")
     # Only a lineage directly under our live dir: certbot's own layout, nothing else.
-    name = renewed_lineage(lineage, settings.live_dir)
-    return _deploy(Deployer(settings), name, only_if_ours=True)
+    return hook.run(settings, renewed_lineage(lineage, settings.live_dir))
 
 
 def _deploy(deployer: Deployer, name: str | None, *, only_if_ours: bool = False) -> Outcome:
@@ -233,7 +233,8 @@ def _run(ns: argparse.Namespace, settings: Settings) -> int:
 
         watch.run(settings, reload_settings=lambda: _settings(ns))
         return EXIT_OK
-    from pftls_hook.deploy import Deployer, worst  # noqa: PLC0415
+    from pftls_hook.deploy import Deployer  # noqa: PLC0415
+    from pftls_hook.outcome import worst  # noqa: PLC0415
 
     deployer = Deployer(settings)
     if ns.command == "install":

@@ -53,9 +53,11 @@ from pftls_hook.errors import (
 from pftls_hook.install import Combined, Installed, install_dir
 from pftls_hook.lineage import LineageSnapshot, read_lineage
 from pftls_hook.lock import deploy_lock
-from pftls_hook.postfix import Postfix, PostfixState
+from pftls_hook.outcome import Outcome, worst
+from pftls_hook.pem import SourceFiles
+from pftls_hook.postfix import Instance, Postfix, PostfixState, Reading, read_instances
 from pftls_hook.select import Selection, algorithm_of, choose
-from pftls_hook.verify import SourceFiles, VerifiedBundle, load_anchors, verify_bundle
+from pftls_hook.verify import VerifiedBundle, load_anchors, verify_bundle
 
 log = logging.getLogger("pftls-hook")
 _LISTED = 8  # endpoints named in one log line; a thousand SNI names are counted
@@ -77,33 +79,6 @@ def _signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    lineage: str
-    # deployed | unchanged | reloaded | installed-not-running | rolled-back | dry-run | skipped
-    # | refused | failed (several chains: this lineage's `error`; the others went on)
-    action: str
-    leaf_sha256: str = ""
-    warnings: tuple[str, ...] = ()
-    proven_on: tuple[str, ...] = ()  # endpoints shown to serve it; () = not proven
-    detail: tuple[str, ...] = field(default=())  # the plan (dry run) or why it was skipped
-    error: PftlsError | None = field(default=None, compare=False)
-
-    def __str__(self) -> str:
-        served = f" ({self.leaf_sha256[:16]}…)" if self.leaf_sha256 else ""
-        proven = f", proven on {', '.join(self.proven_on)}" if self.proven_on else ""
-        return f"{self.lineage}: {self.action}{served}{proven}"
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One Postfix instance as read for this command, and where its clients meet TLS."""
-
-    postfix: Postfix
-    state: PostfixState
-    endpoints: tuple[Endpoint, ...]
 
 
 @dataclass(frozen=True)
@@ -214,29 +189,15 @@ class Deployer:
         self._anchors: tuple[tuple[int, int, int], Sequence[x509.Certificate]] | None = None
 
     # -- reading --------------------------------------------------------------------------
-    def _instance(self, postfix: Postfix, first: bool, notes: list[str]) -> Instance:
-        state = postfix.state()
-        where = "" if len(self.postfixes) == 1 else f"{postfix.config_dir}: "
-        notes += [f"{where}{o} overrides main.cf for that service" for o in state.tls_overrides()]
-        for extra in ("smtpd_tls_eccert_file", "smtpd_tls_dcert_file"):
-            if state.effective.get(extra) and not state.uses_chain_files:
-                notes.append(
-                    f"{where}main.cf {extra} is set too: some clients may be served that one"
-                )
-        # --probe names endpoints for the whole deploy: the first instance carries them.
-        endpoints: list[Endpoint] = list(self.settings.probes) if first else []
-        if not self.settings.probes and not self.settings.no_probe:
-            endpoints, skipped = state.probe_endpoints()
-            notes.extend(where + s for s in skipped)
-        return Instance(postfix, state, tuple(endpoints))
-
-    def context(self, focus: str | None = None) -> Context:
-        """`focus`: the lineage a renewal was deployed for (select.choose)."""
-        notes: list[str] = []
-        instances = [self._instance(p, i == 0, notes) for i, p in enumerate(self.postfixes)]
+    def context(self, focus: str | None = None, reading: Reading | None = None) -> Context:
+        """`focus`: the lineage a renewal was deployed for (select.choose); `reading`:
+        Postfix's state, when the caller has read it under the lock (hook.py)."""
+        reading = reading or read_instances(self.settings, self.postfixes)
+        notes = list(reading.notes)
+        instances = reading.instances
         state = instances[0].state
         hostnames = self.settings.hostnames or (state.myhostname,)
-        endpoints = list(dict.fromkeys(e for i in instances for e in i.endpoints))
+        endpoints = reading.endpoints
         installed = self.install_dir.lineages_of(state.pointed_files())
         table = sni.read(sni.table_path(self.install_dir.path))
         listed = {name: self.install_dir.lineages_of(files) for name, files in table.items()}
@@ -336,11 +297,15 @@ class Deployer:
         return seen
 
     # -- the routine ----------------------------------------------------------------------
-    def deploy(self, name: str | None = None, *, only_if_ours: bool = False) -> Outcome:
+    def deploy(
+        self, name: str | None = None, *, only_if_ours: bool = False, reading: Reading | None = None
+    ) -> Outcome:
+        """`reading`: the caller holds the lock and has read Postfix's state under it."""
         if self.settings.dry_run:
             return self._dry_run(name)
-        with deploy_lock(self.settings.lock_file, self.settings.lock_timeout):
-            ctx = self.context(focus=name)
+        lock = deploy_lock(self.settings.lock_file, self.settings.lock_timeout)
+        with contextlib.nullcontext() if reading else lock:
+            ctx = self.context(focus=name, reading=reading)
             if name is not None and only_if_ours and not ctx.selection.ours(name):
                 serving = ctx.selection.lineage
                 why = f"Postfix uses {serving}" if serving else ctx.selection.why_none
@@ -505,7 +470,10 @@ class Deployer:
         done = Outcome(name, "deployed", expected, bundle.warnings, tuple(map(str, ctx.endpoints)))
         pointed = ctx.state.pointed_files()
         installed_already = all(
-            self.install_dir.holds(name, bundle, i.state.pointed_files()) for i in ctx.instances
+            self.install_dir.holds(
+                name, bundle.key_pem, bundle.fullchain_pem, i.state.pointed_files()
+            )
+            for i in ctx.instances
         )
         if installed_already and all(before.get(e) == expected for e in ctx.endpoints):
             log.info("%s: already installed and served: nothing to do", name)
@@ -681,7 +649,9 @@ class Deployer:
         name = snapshot.name
         self.dane_guard(name, bundle, ctx)
         self.install_dir.check(create=False)
-        if self.install_dir.holds(name, bundle, ctx.state.pointed_files()):
+        if self.install_dir.holds(
+            name, bundle.key_pem, bundle.fullchain_pem, ctx.state.pointed_files()
+        ):
             plan = [f"{name}: version {snapshot.version} is already installed"]
         else:
             files, params = self.install_dir.plan(name, chain_files=ctx.state.uses_chain_files)
@@ -708,16 +678,4 @@ def _postconf_plan(ctx: Context, values: Mapping[str, str]) -> list[str]:
     return plan
 
 
-def worst(outcomes: Sequence[Outcome]) -> PftlsError | None:
-    """The error that decides a command's result when several lineages were deployed: a
-    failed rollback, then a rolled-back deploy, then anything else, then a refusal."""
-    errors = [o.error for o in outcomes if o.error is not None]
-    for kind in (RollbackFailedError, DeployFailedError):
-        found = next((e for e in errors if isinstance(e, kind)), None)
-        if found is not None:
-            return found
-    others = [e for e in errors if not isinstance(e, RefusedError)]
-    return next(iter(others or errors), None)
-
-
-__all__ = ["Context", "Deployer", "Outcome", "Transaction", "roll_back", "utcnow", "worst"]
+__all__ = ["Context", "Deployer", "Transaction", "roll_back", "utcnow"]

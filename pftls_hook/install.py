@@ -38,11 +38,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pftls_hook.errors import EnvironmentRefusedError
 from pftls_hook.fsutil import TEMP_INFIX, atomic_write, fsync_dir, temp_path, untrusted
+from pftls_hook.pem import SourceFiles, combined, split_pem
 from pftls_hook.postfix import pointing
-from pftls_hook.verify import SourceFiles, VerifiedBundle, split_pem
+
+if TYPE_CHECKING:  # the no-op deploy hook uses the layouts without cryptography (pem.py)
+    from pftls_hook.verify import VerifiedBundle
 
 _TEMP = re.compile(r"^\..+" + re.escape(TEMP_INFIX) + r"[0-9]+$")
 _STAMP = r"\.[0-9]{8}T[0-9]{12}Z"
@@ -194,8 +198,11 @@ class Combined(InstallDir):
         names = self.lineages_of(pointed)
         return names[0] if len(names) == 1 else None
 
-    def holds(self, name: str, bundle: VerifiedBundle, pointed: Sequence[str]) -> bool:
-        return list(pointed) == [str(self.current_path(name))] and self.holds_file(name, bundle)
+    def holds(self, name: str, key: bytes, fullchain: bytes, pointed: Sequence[str]) -> bool:
+        """Does main.cf point (`pointed`) at `name`'s files holding exactly this key and
+        chain? In both layouts."""
+        path = self.current_path(name)
+        return list(pointed) == [str(path)] and self._holds([path], [combined(key, fullchain)])
 
     def holds_file(self, name: str, bundle: VerifiedBundle) -> bool:
         """Does `<name>.pem` hold exactly these bytes (whatever main.cf says)?"""
@@ -301,13 +308,9 @@ class Separate(InstallDir):
         }
         return names.pop() if len(names) == 1 else None
 
-    def holds(self, name: str, bundle: VerifiedBundle, pointed: Sequence[str]) -> bool:
+    def holds(self, name: str, key: bytes, fullchain: bytes, pointed: Sequence[str]) -> bool:
         ours = self._ours(pointed)
-        return (
-            self.lineage_of(pointed) == name
-            and len(ours) == 2
-            and self._holds(ours, [bundle.key_pem, bundle.fullchain_pem])
-        )
+        return self.lineage_of(pointed) == name and self._holds(ours, [key, fullchain])
 
     def plan(self, name: str, *, chain_files: bool) -> tuple[list[str], dict[str, str]]:
         key, crt = (f"{self.path}/{name}.<stamp>.{s}" for s in ("key", "crt"))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pftls_hook.errors import NotSettledError, RefusedError
 from pftls_hook.fsutil import attempts, untrusted
-from pftls_hook.verify import SourceFiles
+from pftls_hook.pem import SourceFiles
 
 KINDS = ("cert", "chain", "fullchain", "privkey")
 # A real lineage file is a few KB; this bounds what a hostile file can make us read.

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pftls_hook import __version__
-from pftls_hook.deploy import Deployer, Outcome
+from pftls_hook.deploy import Deployer
 from pftls_hook.errors import (
     DeployFailedError,
     NotSettledError,
@@ -45,6 +45,7 @@ from pftls_hook.errors import (
     RollbackFailedError,
 )
 from pftls_hook.fsutil import atomic_write
+from pftls_hook.outcome import Outcome
 
 if TYPE_CHECKING:
     from pftls_hook.status import Report

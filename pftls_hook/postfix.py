@@ -4,7 +4,9 @@ Contract: `Postfix(config_dir).state()` reads what a deploy needs in two postcon
 (`-x` for the parameters, `-M` for the services and their `-o` overrides), once per command;
 `parameters(*names)` reads any other effective values (configure's TLS profile); `set`/
 `restore` change main.cf in one call each; `check`, `is_running` and `reload` wrap the
-`postfix` command (`reload` tells a stopped Postfix from a failure). Every call goes through
+`postfix` command (`reload` tells a stopped Postfix from a failure). `read_instances(settings,
+postfixes)` reads every instance a command serves, with where its clients meet TLS and the
+notes an admin should see. Every call goes through
 `runner.run` (argument list, fixed PATH, timeout) and a failure raises `CommandError` with
 Postfix's own last line.
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pftls_hook import runner
-from pftls_hook.config import Endpoint
+from pftls_hook.config import Endpoint, Settings
 
 # The parameters pftls-hook manages (DESIGN invariant 5: nothing else in main.cf).
 MANAGED = (
@@ -256,3 +258,46 @@ class Postfix:
             return False
         result.check()
         return True
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One Postfix instance as read for this command, and where its clients meet TLS."""
+
+    postfix: Postfix
+    state: PostfixState
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Every instance a command serves, read once (under the lock when it deploys): the
+    first decides the selection; `notes` are for the admin (overrides, unprobed services)."""
+
+    instances: tuple[Instance, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return tuple(dict.fromkeys(e for i in self.instances for e in i.endpoints))
+
+
+def read_instances(settings: Settings, postfixes: Sequence[Postfix]) -> Reading:
+    notes: list[str] = []
+    instances = []
+    for index, postfix in enumerate(postfixes):
+        state = postfix.state()
+        where = "" if len(postfixes) == 1 else f"{postfix.config_dir}: "
+        notes += [f"{where}{o} overrides main.cf for that service" for o in state.tls_overrides()]
+        for extra in ("smtpd_tls_eccert_file", "smtpd_tls_dcert_file"):
+            if state.effective.get(extra) and not state.uses_chain_files:
+                notes.append(
+                    f"{where}main.cf {extra} is set too: some clients may be served that one"
+                )
+        # --probe names endpoints for the whole deploy: the first instance carries them.
+        endpoints: list[Endpoint] = list(settings.probes) if index == 0 else []
+        if not settings.probes and not settings.no_probe:
+            endpoints, skipped = state.probe_endpoints()
+            notes.extend(where + s for s in skipped)
+        instances.append(Instance(postfix, state, tuple(endpoints)))
+    return Reading(tuple(instances), tuple(notes))

@@ -8,7 +8,9 @@ when it could not load its key, and keeps advertising STARTTLS, so EHLO alone pr
 nothing. A 454 is retried like a wrong certificate: after a reload an old idle smtpd that
 could not load the previous (broken) key may still take one more connection, and giving up
 on its answer would roll a repair back. The client checks no chain or name (that was done
-on the files); it only identifies the leaf. `posttls-finger` is not used: it always exits 0.
+on the files); it only identifies the leaf. `checked(endpoint, ca_file)` is the one client
+that verifies the chain as an MTA would: the no-op deploy hook's proof (hook.py).
+`posttls-finger` is not used: it always exits 0.
 
 An endpoint with an `algorithm` is probed by a client that can accept only that key
 algorithm's certificate: Python's ssl cannot restrict the signature algorithms it offers,
@@ -43,7 +45,7 @@ import socket
 import ssl
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pftls_hook.config import Endpoint
 from pftls_hook.errors import ProbeError, TlsBrokenError
@@ -55,17 +57,23 @@ _MAX_LINE = 1024  # RFC 5321 allows 512 octets a reply line; a longer one is no 
 _SUITES = {"ecdsa": "aECDSA", "rsa": "aRSA"}  # OpenSSL cipher strings, by key algorithm
 _AT_ONCE = 8  # probes in flight at a time (module docstring)
 _FIRST_PATIENCE = 0.25  # a proof's first wait for a handshake (module docstring)
+Peer = dict[str, Any]  # ssl's getpeercert(): subjectAltName, notAfter, ... ({} unverified)
 
 
 @functools.cache
-def _context(algorithm: str | None = None) -> ssl.SSLContext:
+def _context(algorithm: str | None = None, ca_file: str | None = None) -> ssl.SSLContext:
     """One per algorithm, shared by every probe (and thread): OpenSSL's context setup costs
     a quarter of a millisecond, a tenth of a probe, paid a thousand times for SNI names."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # Identification only: the files were verified before install; here we want the leaf
-    # whatever it is, to compare fingerprints.
+    # whatever it is, to compare fingerprints. With `ca_file` (`checked`), OpenSSL verifies
+    # the chain to those anchors, the dates and the sslserver purpose; names are matched by
+    # the caller, for every required hostname.
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    if ca_file is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=ca_file)
     suites = _SUITES.get(algorithm or "")
     if suites is not None:
         # TLS 1.3 suites say nothing of the certificate; 1.2 ones do (module docstring).
@@ -124,15 +132,27 @@ def fetch(endpoint: Endpoint, *, timeout: float = 5.0, patience: float | None = 
     """The DER leaf certificate the endpoint serves. A few lines of SMTP rather than
     smtplib, which would load the email package into every deploy hook run. `patience`:
     how long the TLS handshake may take, if shorter than `timeout`."""
+    return _handshake(endpoint, _context(endpoint.algorithm), timeout, patience)[0]
+
+
+def checked(endpoint: Endpoint, ca_file: str, *, timeout: float = 5.0) -> tuple[bytes, Peer]:
+    """The DER leaf and what a verifying client makes of it (Python's `getpeercert()`):
+    served by a chain to `ca_file`'s anchors, in its validity, for a TLS server. A chain
+    that fails these raises `TlsBrokenError`."""
+    return _handshake(endpoint, _context(endpoint.algorithm, ca_file), timeout, None)
+
+
+def _handshake(
+    endpoint: Endpoint, context: ssl.SSLContext, timeout: float, patience: float | None
+) -> tuple[bytes, Peer]:
     try:
         with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout) as sock:
             if not endpoint.implicit_tls:
                 _starttls(sock, endpoint)
             if patience is not None:
                 sock.settimeout(min(timeout, patience))
-            context = _context(endpoint.algorithm)
             with context.wrap_socket(sock, server_hostname=endpoint.servername) as tls:
-                der = tls.getpeercert(binary_form=True)
+                der, peer = tls.getpeercert(binary_form=True), tls.getpeercert()
                 with contextlib.suppress(OSError):
                     tls.sendall(b"QUIT\r\n")  # the certificate is what we came for
     except ssl.SSLError as exc:
@@ -141,7 +161,7 @@ def fetch(endpoint: Endpoint, *, timeout: float = 5.0, patience: float | None = 
         raise ProbeError(f"{endpoint}: {type(exc).__name__}: {exc}") from None
     if not der:
         raise TlsBrokenError(f"{endpoint}: no certificate served")
-    return der
+    return der, peer or {}
 
 
 def fetch_all(

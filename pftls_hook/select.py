@@ -59,7 +59,7 @@ from pftls_hook.config import Settings
 from pftls_hook.errors import NotSettledError, RefusedError
 from pftls_hook.fsutil import attempts
 from pftls_hook.lineage import DirChecks, abandoned, list_lineages, read_leaf
-from pftls_hook.verify import dns_names, name_covers, parse_certificates
+from pftls_hook.verify import covers, dns_names, parse_certificates
 
 log = logging.getLogger("pftls-hook")
 
@@ -195,7 +195,7 @@ def _best(
 
     def qualifies(name: str, wait: bool) -> x509.Certificate | None:
         leaf = leaves.get(name, wait=wait)
-        if leaf is not None and (any_names or all(covers_name(leaf, h) for h in hostnames)):
+        if leaf is not None and (any_names or all(covers(leaf, h) for h in hostnames)):
             return leaf
         return None
 
@@ -217,10 +217,6 @@ def _best(
         # 2), not a newer lineage of an algorithm that sorts first.
         kept = sorted(kept, key=lambda a: not best[a][0])[:1]
     return tuple(Chain(a, best[a][2]) for a in kept)
-
-
-def covers_name(leaf: x509.Certificate, hostname: str) -> bool:
-    return name_covers(dns_names(leaf), hostname)
 
 
 def _sni_chains(

@@ -27,9 +27,10 @@ from pftls_hook.daemon import state as watchstate
 from pftls_hook.deploy import Context, Deployer
 from pftls_hook.errors import PftlsError, ProbeError, TlsBrokenError
 from pftls_hook.lineage import DirChecks, list_lineages, read_lineage
+from pftls_hook.pem import WARN_DAYS
 from pftls_hook.postfix import MANAGED
 from pftls_hook.select import Chain, leaf_of
-from pftls_hook.verify import WARN_DAYS, dns_names, leaf_sha256, parse_certificates
+from pftls_hook.verify import dns_names, leaf_sha256, parse_certificates
 
 
 @dataclass(frozen=True)

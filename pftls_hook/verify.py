@@ -30,13 +30,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from pftls_hook.errors import RefusedError
+from pftls_hook.pem import CERT_BLOCK, WARN_DAYS, SourceFiles, combined, name_covers
 
-WARN_DAYS = 14
 MIN_RSA_BITS = 2048
 _BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 _CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
 _CERT_END = b"-----END CERTIFICATE-----"
-_CERT_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 # A whole PEM block, its END line naming the same label as its BEGIN line (RFC 7468).
 _ANY_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.S)
 _SERVER_KEY_TYPES = (
@@ -46,16 +45,6 @@ _SERVER_KEY_TYPES = (
     ed448.Ed448PrivateKey,
 )
 _SERVER_EKUS = {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
-
-
-@dataclass(frozen=True)
-class SourceFiles:
-    """The four files of a certbot lineage, as bytes read once."""
-
-    cert: bytes
-    chain: bytes
-    fullchain: bytes
-    privkey: bytes
 
 
 @dataclass(frozen=True)
@@ -71,26 +60,7 @@ class VerifiedBundle:
     warnings: tuple[str, ...]
 
     def combined_pem(self) -> bytes:
-        """Key first, then leaf and chain: the order `smtpd_tls_chain_files` requires."""
-        key = self.key_pem if self.key_pem.endswith(b"\n") else self.key_pem + b"\n"
-        return key + self.fullchain_pem
-
-
-_KEY_BLOCK = re.compile(
-    rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.+?-----END [A-Z0-9 ]*PRIVATE KEY-----\n?", re.S
-)
-
-
-def split_pem(key_data: bytes, cert_data: bytes) -> SourceFiles:
-    """The four lineage files again, from an installed key and full chain (for rollback)."""
-    blocks = [m.group(0) + b"\n" for m in _CERT_BLOCK.finditer(cert_data)]
-    key = _KEY_BLOCK.search(key_data)
-    return SourceFiles(
-        cert=blocks[0] if blocks else cert_data,
-        chain=b"".join(blocks[1:]),
-        fullchain=b"".join(blocks),
-        privkey=key.group(0) if key else key_data,
-    )
+        return combined(self.key_pem, self.fullchain_pem)
 
 
 def leaf_sha256(cert: x509.Certificate) -> str:
@@ -104,9 +74,7 @@ def load_anchors(pem: bytes, source: str) -> tuple[x509.Certificate, ...]:
     future cryptography will raise: a root that does not load is skipped, not fatal.
     """
     anchors = []
-    for match in re.finditer(
-        rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem, re.S
-    ):
+    for match in CERT_BLOCK.finditer(pem):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -241,21 +209,8 @@ def dns_names(leaf: x509.Certificate) -> list[str]:
     ]
 
 
-def name_covers(names: Sequence[str], hostname: str) -> bool:
-    """RFC 6125 matching as TLS clients do it: exact name or IP, or a wildcard standing
-    for exactly one leftmost label (`*.example.com` covers `mail.example.com` only)."""
-    host = hostname.lower().rstrip(".")
-    label, dot, parent = host.partition(".")
-    for name in names:
-        pattern = name.lower().rstrip(".")
-        if pattern == host or (
-            pattern.startswith("*.") and dot and label and parent == pattern[2:]
-        ):
-            return True
-    return False
-
-
 def covers(leaf: x509.Certificate, hostname: str) -> bool:
+    """Does the leaf's subjectAltName cover `hostname` (pem.name_covers)?"""
     return name_covers(dns_names(leaf), hostname)
 
 

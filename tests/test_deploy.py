@@ -665,6 +665,73 @@ def test_deploy_hook_deploys_the_mail_lineage(deployed: Deployed) -> None:
     assert rig.current.read_bytes() == combined(renewed)
 
 
+def _hook_importing(rig: Rig, *options: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """The deploy hook for the mail lineage, with Python's import log (PYTHONPROFILEIMPORTTIME):
+    the result with the tool's own lines only, and the names of the modules it imported."""
+    result = rig.cli(
+        "deploy-hook",
+        options=options,
+        env={"RENEWED_LINEAGE": str(rig.live / NAME), "PYTHONPROFILEIMPORTTIME": "1"},
+    )
+    lines = result.stderr.splitlines()
+    imported = " ".join(line.rsplit("|", 1)[-1] for line in lines if line.startswith("import time"))
+    own = "\n".join(line for line in lines if not line.startswith("import time")) + "\n"
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout, own), imported
+
+
+def test_deploy_hook_no_op_loads_no_cryptography_and_changes_nothing(deployed: Deployed) -> None:
+    rig, first = deployed.rig, deployed.first
+    main_cf = rig.postfix.config_dir / "main.cf"
+    before = (main_cf.read_bytes(), main_cf.stat().st_mtime_ns, rig.current.stat().st_ino)
+    reloads = reload_count(rig.postfix)  # the fixture installed before Postfix started
+
+    result, imported = _hook_importing(rig)
+
+    assert_ok(result)
+    assert f"{NAME}: unchanged" in result.stderr, result.stderr
+    assert "cryptography" not in imported and "pftls_hook.deploy" not in imported
+    assert (main_cf.read_bytes(), main_cf.stat().st_mtime_ns, rig.current.stat().st_ino) == before
+    assert_serves(rig, first)
+    rig.postfix.reload()  # no reload of its own: ours is the only new line (see above)
+    wait_until(lambda: reload_count(rig.postfix) > reloads, timeout=10, what="our reload")
+    assert reload_count(rig.postfix) == reloads + 1
+
+    # The same check sees cryptography when the hook has work: a renewal to deploy.
+    renewed = rig.inter.issue(NAME)
+    rig.lineage(renewed, 2)
+    result, imported = _hook_importing(rig)
+    assert_ok(result)
+    assert "cryptography" in imported and f"{NAME}: deployed" in result.stderr
+    assert_serves(rig, renewed)
+
+
+def test_deploy_hook_no_op_is_judged_again_by_the_full_deploy(
+    deployed: Deployed, other_root: CA
+) -> None:
+    """The no-op shortcut answers only for a chain a verifying client accepts now; trust
+    anchors or a hostname changed since the install go to the full deploy, which refuses
+    (as before the shortcut), and a stopped Postfix is not "unchanged"."""
+    rig, first = deployed.rig, deployed.first
+    main_cf = rig.main_cf()
+    other_ca = rig.ca_file.parent / "other-root.pem"
+    other_ca.write_bytes(other_root.cert_pem)
+
+    untrusted, imported = _hook_importing(rig, "--ca-file", str(other_ca))
+    assert_unchanged(rig, main_cf, sha256(first), untrusted, code=EXIT_REFUSED)
+    assert "trust anchor" in untrusted.stderr and "cryptography" in imported
+
+    renamed, _ = _hook_importing(rig, "--hostname", "smtp.test.example")
+    assert_unchanged(rig, main_cf, sha256(first), renamed, code=EXIT_REFUSED)
+    assert "does not cover smtp.test.example" in renamed.stderr, renamed.stderr
+
+    rig.postfix.stop()
+    stopped, _ = _hook_importing(rig)
+    assert_ok(stopped)
+    assert "installed-not-running" in stopped.stderr or "not running" in stopped.stderr
+    assert "unchanged" not in stopped.stderr, stopped.stderr
+    assert rig.main_cf() == main_cf
+
+
 # ------------------------------------------------------------------- other situations
 
 

@@ -17,7 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pftls_hook.errors import PftlsError, RefusedError
-from pftls_hook.verify import SourceFiles, VerifiedBundle, load_anchors, verify_bundle
+from pftls_hook.pem import SourceFiles
+from pftls_hook.verify import VerifiedBundle, load_anchors, verify_bundle
 from tests.support import tamper
 from tests.support.pki import CA, CLIENT_AUTH, KeyKind, Leaf, certs_pem
 

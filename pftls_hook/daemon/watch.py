@@ -65,9 +65,10 @@ from pftls_hook import metrics
 from pftls_hook.config import Settings
 from pftls_hook.daemon import state as watchstate
 from pftls_hook.daemon.notify import Notifier
-from pftls_hook.deploy import Deployer, Outcome
+from pftls_hook.deploy import Deployer
 from pftls_hook.errors import DaneRefusedError, NotSettledError, PftlsError, RefusedError
 from pftls_hook.lineage import list_lineages, read_lineage
+from pftls_hook.outcome import Outcome
 
 log = logging.getLogger("pftls-hook")
 

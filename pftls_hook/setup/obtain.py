@@ -32,14 +32,16 @@ from pathlib import Path
 
 from pftls_hook import runner
 from pftls_hook.config import DEFAULT_CONFIG, Settings, load_settings
-from pftls_hook.deploy import Deployer, Outcome
+from pftls_hook.deploy import Deployer
 from pftls_hook.errors import CommandError, EnvironmentRefusedError, RefusedError, UsageError
 from pftls_hook.fsutil import atomic_write, fsync_dir, untrusted
 from pftls_hook.lineage import list_lineages
+from pftls_hook.outcome import Outcome
+from pftls_hook.pem import name_covers
 from pftls_hook.select import leaf_of
 from pftls_hook.setup import AUTHENTICATORS
 from pftls_hook.setup.credentials import check_credentials
-from pftls_hook.verify import dns_names, name_covers
+from pftls_hook.verify import dns_names
 
 log = logging.getLogger("pftls-hook")
 

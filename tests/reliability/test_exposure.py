@@ -31,7 +31,8 @@ from pathlib import Path
 import pytest
 
 from pftls_hook.install import Separate
-from pftls_hook.verify import SourceFiles, VerifiedBundle, verify_bundle
+from pftls_hook.pem import SourceFiles
+from pftls_hook.verify import VerifiedBundle, verify_bundle
 from tests.conftest import MakePostfix
 from tests.reliability.conftest import make_tool
 from tests.support import lineage as fake

@@ -37,13 +37,12 @@ from hypothesis import strategies as st
 
 from pftls_hook.errors import NotSettledError, RefusedError
 from pftls_hook.lineage import LineageSnapshot, read_lineage, renewed_lineage
+from pftls_hook.pem import SourceFiles, split_pem
 from pftls_hook.verify import (
-    SourceFiles,
     VerifiedBundle,
     load_anchors,
     parse_certificates,
     parse_private_key,
-    split_pem,
     verify_bundle,
 )
 from tests.support import lineage as fake

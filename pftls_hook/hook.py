@@ -1,0 +1,105 @@
+"""certbot's deploy hook: a renewal already installed and served ends here, cheaply.
+
+Contract: `run(settings, name)` deploys lineage `name` as the deploy hook does (only if
+Postfix serves it: `Deployer.deploy(name, only_if_ours=True)`) and returns its `Outcome`,
+or raises what that raises. Under the lock it reads Postfix's state once; when that state
+shows the renewal is already done (`unchanged`), it answers "unchanged" without importing
+cryptography or the deploy (a no-op otherwise spends most of its time importing them); any
+other case goes to the full deploy, with the state already read.
+
+Why a no-op may skip verification: the installed files were checked, all of them, when they
+were installed, and they are byte for byte the lineage's current key and chain. What could
+have changed since is the time, the trust anchors and the required hostnames, and those are
+checked again here by a verifying STARTTLS client (probe.checked): the chain to `--ca-file`,
+the dates and the sslserver purpose by OpenSSL, the names and the minimum days left by the
+same rules verify.py applies. The server's handshake proves it holds the matching key. A
+no-op needs no DNS: it changes nothing a TLSA record could reject.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+
+from pftls_hook import probe, sni
+from pftls_hook.config import Endpoint, Settings
+from pftls_hook.errors import PftlsError
+from pftls_hook.install import install_dir
+from pftls_hook.lineage import read_lineage
+from pftls_hook.lock import deploy_lock
+from pftls_hook.outcome import Outcome
+from pftls_hook.pem import WARN_DAYS, leaf_sha256, name_covers
+from pftls_hook.postfix import Postfix, Reading, read_instances
+
+log = logging.getLogger("pftls-hook")
+
+
+def run(settings: Settings, name: str) -> Outcome:
+    if settings.dry_run or settings.metrics_file is not None:
+        # A dry run plans (the deploy's job); a metrics file is rewritten by every run.
+        return _deploy(settings, name, None)
+    with deploy_lock(settings.lock_file, settings.lock_timeout):
+        reading = read_instances(settings, [Postfix(d) for d in settings.instances])
+        return unchanged(settings, name, reading) or _deploy(settings, name, reading)
+
+
+def _deploy(settings: Settings, name: str, reading: Reading | None) -> Outcome:
+    from pftls_hook.deploy import Deployer  # noqa: PLC0415 - only when there is work
+
+    deployer = Deployer(settings)
+    if settings.metrics_file is None:
+        return deployer.deploy(name, only_if_ours=True, reading=reading)
+    from pftls_hook import metrics  # noqa: PLC0415 - only with a metrics file
+
+    return metrics.deploy(deployer, name, only_if_ours=True)
+
+
+def unchanged(settings: Settings, name: str, reading: Reading) -> Outcome | None:
+    """ "unchanged" when every instance's main.cf points at `name`'s installed files, those
+    hold the lineage's current key and chain, and every endpoint serves that leaf to a
+    verifying client, for every required hostname, with the days left a deploy requires
+    (and no warning due); None (the full deploy decides) in any other case, and for what
+    the shortcut does not cover: several chains, SNI, configured lineages."""
+    leaf = _installed(settings, name, reading)
+    hostnames = settings.hostnames or (reading.instances[0].state.myhostname,)
+    if leaf is None or not all(_serves(settings, e, leaf, hostnames) for e in reading.endpoints):
+        return None
+    for note in reading.notes:
+        log.warning("%s", note)
+    log.info("%s: already installed and served: nothing to do", name)
+    return Outcome(name, "unchanged", leaf, proven_on=tuple(map(str, reading.endpoints)))
+
+
+def _installed(settings: Settings, name: str, reading: Reading) -> str | None:
+    """The leaf (SHA-256) of `name`'s current version if every instance is pointed at
+    files holding exactly its key and chain, and nothing else is to be served."""
+    layout = install_dir(settings.install_dir, settings.layout)
+    if settings.sni or settings.lineages or not reading.endpoints:
+        return None
+    if sni.read(sni.table_path(layout.path)):
+        return None
+    try:
+        files = read_lineage(settings.live_dir / name, settle_timeout=settings.settle_timeout).files
+    except PftlsError:
+        return None  # the full deploy reads it again, and says why (or waits)
+    for instance in reading.instances:
+        if not layout.holds(name, files.privkey, files.fullchain, instance.state.pointed_files()):
+            return None
+    return leaf_sha256(files.cert)
+
+
+def _serves(settings: Settings, endpoint: Endpoint, leaf: str, hostnames: Sequence[str]) -> bool:
+    try:
+        der, peer = probe.checked(endpoint, str(settings.ca_file), timeout=settings.probe_timeout)
+    except PftlsError:
+        return False
+    names = [v for k, v in peer.get("subjectAltName", ()) if k in ("DNS", "IP Address")]
+    not_after = ssl.cert_time_to_seconds(peer.get("notAfter", "Jan  1 00:00:00 1970 GMT"))
+    return (
+        hashlib.sha256(der).hexdigest() == leaf
+        and all(name_covers(names, h) for h in hostnames)
+        and not_after - time.time() >= max(settings.min_days, WARN_DAYS) * 86400
+    )
