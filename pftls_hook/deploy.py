@@ -6,19 +6,22 @@ Under the lock: read Postfix's state once -> select -> read the lineage -> verif
 Contract: `Deployer(settings).deploy(name)` returns an `Outcome` or raises a `PftlsError`:
 `RefusedError` before anything changed; `DeployFailedError` when the switch was undone and
 the previous certificate is served again; `RollbackFailedError` when even that failed.
-`deploy(None)` deploys the selected lineage; `deploy(name, only_if_ours=True)` (the deploy
-hook, the daemon) skips a lineage that Postfix does not serve. Deploying what is already
-installed and served is a no-op: two postconf calls, one probe, no write, no reload. The
-core does not print: outcomes and plans are data, rendered by the CLI.
+`deploy(None)` deploys every selected lineage; `deploy(name, only_if_ours=True)` (the
+deploy hook, the daemon) skips a lineage that Postfix does not serve. Deploying what is
+already installed and served is a no-op: no write, no reload (the deploy hook answers that
+case before it even gets here: hook.py). The core does not print: outcomes and plans are
+data, rendered by the CLI.
 
-Several chains (one lineage per key algorithm, and per SNI name; select.py decides which,
-chains.py what main.cf and the SNI table then list): `deploy_all()` (install, the daemon's
-reconcile) deploys every selected lineage in one transaction and returns one `Outcome` per
-lineage: a refused lineage gets a "refused" outcome carrying its error and keeps its
-previous version served, without blocking the others. `deploy(name)` redeploys just that
-lineage (a renewal) and raises its error; `deploy(None)` deploys them all, raises the worst
-error and returns the first lineage's outcome. Each chain is proven by a client that offers
-only its algorithm, and its SNI name (probe.py).
+One routine for one chain and for several (one lineage per key algorithm, and per SNI
+name; select.py decides which, chains.py what main.cf and the SNI table then list): each
+lineage is read and verified, a refused one becomes a "refused" outcome and keeps its
+previous version served, and the others are switched, reloaded and proven in one
+transaction. `deploy_all()` (install, the daemon's reconcile) returns one `Outcome` per
+lineage; `deploy(name)` raises the worst error. What differs with several chains is
+decided in two places: `_targets` (main.cf lists every chain in `smtpd_tls_chain_files`,
+each proven by a client that offers only its algorithm, and its SNI name: probe.py; one
+chain keeps main.cf's own parameters and any client proves it) and `_installed` (one
+chain is in place when main.cf points at it).
 
 Several instances (`settings.instances`): the first one's main.cf decides the selection;
 each gets the same values in its own main.cf, is reloaded and proven on its own listeners,
@@ -50,7 +53,7 @@ from pftls_hook.errors import (
     RefusedError,
     RollbackFailedError,
 )
-from pftls_hook.install import Combined, Installed, install_dir
+from pftls_hook.install import Combined, Installed, Layout, install_dir
 from pftls_hook.lineage import LineageSnapshot, read_lineage
 from pftls_hook.lock import deploy_lock
 from pftls_hook.outcome import Outcome, worst
@@ -302,7 +305,7 @@ class Deployer:
     ) -> Outcome:
         """`reading`: the caller holds the lock and has read Postfix's state under it."""
         if self.settings.dry_run:
-            return self._dry_run(name)
+            return self._dry_run(name)[0]
         lock = deploy_lock(self.settings.lock_file, self.settings.lock_timeout)
         with contextlib.nullcontext() if reading else lock:
             ctx = self.context(focus=name, reading=reading)
@@ -310,46 +313,51 @@ class Deployer:
                 serving = ctx.selection.lineage
                 why = f"Postfix uses {serving}" if serving else ctx.selection.why_none
                 return Outcome(name, "skipped", detail=(why,))
-            for note in ctx.notes:
-                log.warning("%s", note)
-            if ctx.selection.several:
-                # A renewal redeploys just its lineage; no name, every selected one.
-                names = [name] if name else list(ctx.selection.lineages) or [self.selected(ctx)]
-                outcomes = self._deploy_chains(ctx, names)
-                error = worst(outcomes)
-                if error is not None:
-                    raise error
-                return outcomes[0]
-            snapshot, bundle = self.read_and_verify(name, ctx)
-            self.install_dir.check(create=True)
-            self.install_dir.clean_temps()
-            return self._switch(snapshot.name, bundle, ctx)
+            # A renewal redeploys just its lineage; no name, every selected one.
+            outcomes = self._deploy(ctx, [name] if name else self._everything(ctx))
+        error = worst(outcomes)
+        if error is not None:
+            raise error
+        return outcomes[0]
 
     def deploy_all(self) -> list[Outcome]:
         """Every selected chain (install without a name, the daemon's reconcile): one
-        outcome per lineage; a failed one carries its error (`worst` picks the one to raise)."""
+        outcome per lineage; a failed one carries its error (`worst` picks the one to raise).
+        With one chain, its error is raised."""
         if self.settings.dry_run:
-            return self._dry_run_all()
+            return self._dry_run(None)
         with deploy_lock(self.settings.lock_file, self.settings.lock_timeout):
             ctx = self.context()
-            for note in ctx.notes:
-                log.warning("%s", note)
-            if ctx.selection.several:
-                return self._deploy_chains(ctx, list(ctx.selection.lineages))
-            snapshot, bundle = self.read_and_verify(None, ctx)
-            self.install_dir.check(create=True)
-            self.install_dir.clean_temps()
-            return [self._switch(snapshot.name, bundle, ctx)]
+            outcomes = self._deploy(ctx, self._everything(ctx))
+        error = worst(outcomes)
+        if error is not None and not ctx.selection.several:
+            raise error
+        return outcomes
 
-    # -- several chains -------------------------------------------------------------------
-    def _combined(self) -> Combined:
-        if not isinstance(self.install_dir, Combined):
+    def _everything(self, ctx: Context) -> list[str]:
+        return list(ctx.selection.lineages) or [self.selected(ctx)]
+
+    def _layout(self, ctx: Context, *, create: bool) -> Layout:
+        """The install dir, checked; several chains need a file each (combined)."""
+        if ctx.selection.several and not isinstance(self.install_dir, Combined):
             raise EnvironmentRefusedError(
                 f"{self.install_dir.path}: several chains need the combined layout"
             )
+        self.install_dir.check(create=create)
         return self.install_dir
 
-    def _verified_chains(
+    def _installed(self, ctx: Context, name: str, bundle: VerifiedBundle) -> bool:
+        """Are `name`'s files these very bytes already? One chain: and every instance's
+        main.cf points at them. Several: main.cf lists them all (`pointing_everywhere`)."""
+        layout = self.install_dir
+        if ctx.selection.several and isinstance(layout, Combined):
+            return layout.holds_file(name, bundle)
+        return all(
+            layout.holds(name, bundle.key_pem, bundle.fullchain_pem, i.state.pointed_files())
+            for i in ctx.instances
+        )
+
+    def _verified(
         self, ctx: Context, names: Sequence[str]
     ) -> tuple[dict[str, VerifiedBundle], dict[str, Outcome]]:
         """Read and verify each lineage for the names it serves; a refused one is an
@@ -360,16 +368,19 @@ class Deployer:
             try:
                 hostnames = ctx.selection.names_of(name, ctx.hostnames) or ctx.hostnames
                 _, bundle = self.read_and_verify(name, ctx, hostnames)
-                self._check_slot(ctx, name, algorithm_of(bundle.leaf), names)
+                if ctx.selection.several:
+                    self._check_slot(ctx, name, algorithm_of(bundle.leaf), names)
                 # DANE: a default chain (the MX names' TLSA records) that would change what
-                # Postfix serves; each algorithm's chain must match on its own.
+                # Postfix serves; each algorithm's chain must match on its own. A version
+                # installed already was guarded when it was installed.
                 default = set(ctx.hostnames) <= set(hostnames)
-                if default and not self._combined().holds_file(name, bundle):
+                if default and not self._installed(ctx, name, bundle):
                     self.dane_guard(name, bundle, ctx)
             except NotSettledError:
                 raise  # certbot is at work: wait for it (the daemon does), refuse nothing
             except RefusedError as exc:
-                log.error("%s refused: %s; its previous version stays served", name, exc)
+                if len(names) > 1:
+                    log.error("%s refused: %s; its previous version stays served", name, exc)
                 refused[name] = Outcome(name, "refused", detail=(str(exc),), error=exc)
                 continue
             bundles[name] = bundle
@@ -387,124 +398,90 @@ class Deployer:
         if not expected and holder != name and holder not in names:
             raise RefusedError(where, f"its key is {algorithm}, and {holder} is served for it")
 
-    def _plan(self, ctx: Context, bundles: Mapping[str, VerifiedBundle]) -> chains.Plan:
-        layout = self._combined()
-        return chains.plan(
+    def _targets(
+        self, ctx: Context, bundles: Mapping[str, VerifiedBundle]
+    ) -> tuple[dict[str, list[Endpoint]], dict[str, str] | None, bytes | None]:
+        """Where each lineage must be proven, the main.cf values (None: what the one install
+        says) and the SNI table's bytes (None: no table managed). One chain is proven by any
+        client; several, each by a client that offers only its algorithm (chains.py)."""
+        if not ctx.selection.several:
+            return {n: list(ctx.endpoints) for n in bundles}, None, None
+        layout = self.install_dir
+        plan = chains.plan(
             ctx.selection,
             hostnames=ctx.hostnames,
             endpoints=ctx.endpoints,
             pointed=ctx.state.pointed_files(),
             table_now=ctx.sni_table,
             deploying={n: algorithm_of(b.leaf) for n, b in bundles.items()},
-            path_of=lambda name: str(layout.current_path(name)),
+            path_of=lambda name: str(layout.path / f"{name}.pem"),
         )
-
-    def _main_cf_for(self, ctx: Context, plan: chains.Plan) -> dict[str, str]:
         values = {}
         if plan.chain_files:
             values["smtpd_tls_chain_files"] = ", ".join(plan.chain_files)
         if plan.table:
             current = ctx.state.effective.get(sni.PARAM, "")
-            tables = sni.pointing(sni.table_path(self.install_dir.path), current)
+            tables = sni.pointing(sni.table_path(layout.path), current)
             values[sni.PARAM] = current if tables is None else tables
-        return values
+        table = sni.render(plan.table) if plan.table else None
+        if table is not None and table == sni.current_bytes(sni.table_path(layout.path)):
+            table = None  # as it is: nothing to switch
+        return plan.probes, values, table
 
-    def _deploy_chains(self, ctx: Context, names: Sequence[str]) -> list[Outcome]:
-        bundles, outcomes = self._verified_chains(ctx, names)
+    def _deploy(self, ctx: Context, names: Sequence[str]) -> list[Outcome]:
+        for note in ctx.notes:
+            log.warning("%s", note)
+        bundles, outcomes = self._verified(ctx, names)
         if bundles:
+            self._layout(ctx, create=True).clean_temps()
             try:
-                outcomes.update(self._switch_chains(ctx, bundles))
+                outcomes.update(self._switch(ctx, bundles))
             except PftlsError as exc:
                 # One transaction for the lineages that passed: all were undone together.
-                action = "failed" if isinstance(exc, RollbackFailedError) else "rolled-back"
+                action = "rolled-back" if isinstance(exc, DeployFailedError) else "failed"
                 outcomes.update({n: Outcome(n, action, error=exc) for n in bundles})
         return [outcomes[n] for n in names]
 
-    def _switch_chains(
-        self, ctx: Context, bundles: Mapping[str, VerifiedBundle]
-    ) -> dict[str, Outcome]:
-        layout = self._combined()
-        layout.check(create=True)
-        layout.clean_temps()
-        plan = self._plan(ctx, bundles)
-        proofs = {e: bundles[n].leaf_sha256 for n, es in plan.probes.items() for e in es}
+    def _switch(self, ctx: Context, bundles: Mapping[str, VerifiedBundle]) -> dict[str, Outcome]:
+        layout = self.install_dir
+        probes, params, table = self._targets(ctx, bundles)
+        proofs = {e: bundles[n].leaf_sha256 for n, es in probes.items() for e in es}
         # What each endpoint serves now, for the rollback's proof and the no-op check. A
         # name not in the SNI table yet gets the default chains, which are probed anyway.
         listed = ctx.sni_table
         before = self.served([e for e in proofs if e.servername is None or e.servername in listed])
-        params = self._main_cf_for(ctx, plan)
-        table_path = sni.table_path(layout.path)
-        table = sni.render(plan.table) if plan.table else None
-        todo = [n for n, b in bundles.items() if not layout.holds_file(n, b)]
+        todo = [n for n, b in bundles.items() if not self._installed(ctx, n, b)]
         done = {
-            n: Outcome(n, "deployed", b.leaf_sha256, b.warnings, tuple(map(str, plan.probes[n])))
+            n: Outcome(n, "deployed", b.leaf_sha256, b.warnings, tuple(map(str, probes[n])))
             for n, b in bundles.items()
         }
+        chain_files = ctx.selection.several or ctx.state.uses_chain_files
         switches: list[Callable[[], Installed]] = [
-            partial(layout.install, n, bundles[n], chain_files=True) for n in todo
+            partial(layout.install, n, bundles[n], chain_files=chain_files) for n in todo
         ]
-        if table is not None and table != sni.current_bytes(table_path):
-            switches.append(partial(sni.switch, table_path, table))
-        if not switches and ctx.pointing_everywhere(params):
+        if table is not None:
+            switches.append(partial(sni.switch, sni.table_path(layout.path), table))
+        if not switches and (params is None or ctx.pointing_everywhere(params)):
             if all(before.get(t) == sha for t, sha in proofs.items()):
                 log.info("%s: already installed and served: nothing to do", ", ".join(bundles))
                 return {n: replace(o, action="unchanged") for n, o in done.items()}
+            # Installed but not served (a missed reload, a killed run): reload only.
             up = self._reload(ctx)
             if not up:
                 return {n: self._not_running(o) for n, o in done.items()}
             self._prove(proofs, up)
             return {n: replace(o, action="reloaded") for n, o in done.items()}
         installed, running = self._apply(switches, ctx, proofs, before, params)
+        # Keep what was served before this deploy (for rollback) and the new files.
         keep = {*map(Path, ctx.state.pointed_files()), *(f for i in installed for f in i.files)}
         keep.update(Path(f) for files in ctx.sni_table.values() for f in files)
         keep.update(i.previous for i in installed if i.previous is not None)
-        for removed in layout.prune_many(todo, keep):
-            log.info("pruned %s", removed)
-        if not running:
-            return {n: self._not_running(o) for n, o in done.items()}
-        return done
-
-    def _switch(self, name: str, bundle: VerifiedBundle, ctx: Context) -> Outcome:
-        before = self.served(ctx.endpoints)
-        expected = bundle.leaf_sha256
-        done = Outcome(name, "deployed", expected, bundle.warnings, tuple(map(str, ctx.endpoints)))
-        pointed = ctx.state.pointed_files()
-        installed_already = all(
-            self.install_dir.holds(
-                name, bundle.key_pem, bundle.fullchain_pem, i.state.pointed_files()
-            )
-            for i in ctx.instances
-        )
-        if installed_already and all(before.get(e) == expected for e in ctx.endpoints):
-            log.info("%s: already installed and served: nothing to do", name)
-            return replace(done, action="unchanged")
-        self.dane_guard(name, bundle, ctx)
-        if installed_already:
-            # Installed but not served (a missed reload, a killed run), or nothing to probe
-            # by: reload only.
-            up = self._reload(ctx)
-            if not up:
-                return self._not_running(done)
-            self._prove(dict.fromkeys(ctx.endpoints, expected), up)
-            return replace(done, action="reloaded")
-
-        chain_files = ctx.state.uses_chain_files
-        (installed,), running = self._apply(
-            [lambda: self.install_dir.install(name, bundle, chain_files=chain_files)],
-            ctx,
-            dict.fromkeys(ctx.endpoints, expected),
-            before,
-        )
-        # Keep what was served before this deploy (for rollback) and the new files.
-        keep = {*installed.files, *map(Path, pointed)}
-        if installed.previous is not None:
-            keep.add(installed.previous)
-        for removed in self.install_dir.prune(name, keep):
+        for name, removed in layout.prune(todo, keep):
             log.info("%s: pruned %s", name, removed)
         if not running:
-            return self._not_running(done)
-        if ctx.endpoints:
-            log.info("%s: deployed; Postfix serves %s…", name, expected[:16])
+            return {n: self._not_running(o) for n, o in done.items()}
+        for name in todo[:_LISTED] if proofs else ():
+            log.info("%s: deployed; Postfix serves %s…", name, bundles[name].leaf_sha256[:16])
         return done
 
     @staticmethod
@@ -606,62 +583,44 @@ class Deployer:
             proven = tuple(map(str, ctx.endpoints)) if running else ()
             return Outcome(name, "rolled-back", bundle.leaf_sha256, bundle.warnings, proven)
 
-    def _dry_run_all(self) -> list[Outcome]:
-        ctx = self.context()
-        if not ctx.selection.several:
-            return [self._dry_run(None, ctx)]
+    def _dry_run(self, name: str | None) -> list[Outcome]:
+        """What `deploy(name)` would do, each lineage's plan in its outcome's `detail` (the
+        last one's also says what all of them would change together)."""
+        ctx = self.context(focus=name)
         for note in ctx.notes:
             log.warning("%s", note)
-        layout = self._combined()
-        layout.check(create=False)
-        names = ctx.selection.lineages
-        bundles, outcomes = self._verified_chains(ctx, names)
-        for name, bundle in bundles.items():
-            if layout.holds_file(name, bundle):
-                plan = [f"{name}: already installed"]
+        layout = self._layout(ctx, create=False)
+        names = [name] if name else self._everything(ctx)
+        bundles, outcomes = self._verified(ctx, names)
+        probes, params, table = self._targets(ctx, bundles)
+        chain_files = ctx.selection.several or ctx.state.uses_chain_files
+        common: list[str] = []
+        changes = params is not None
+        for n, bundle in bundles.items():
+            if self._installed(ctx, n, bundle):
+                plan = [f"{n}: already installed"]
             else:
-                plan = [f"would write {line}" for line in layout.plan(name, chain_files=True)[0]]
-            outcomes[name] = Outcome(
-                name, "dry-run", bundle.leaf_sha256, bundle.warnings, detail=tuple(plan)
+                files, values = layout.plan(n, chain_files=chain_files)
+                plan = [f"would write {line}" for line in files]
+                common += _postconf_plan(ctx, values) if params is None else []
+                changes = True
+            outcomes[n] = Outcome(
+                n, "dry-run", bundle.leaf_sha256, bundle.warnings, detail=tuple(plan)
             )
-        served = self._plan(ctx, bundles)
-        common = [f"chains: {', '.join(served.chain_files) or 'none'}"]
-        common += [f"SNI {name}: {', '.join(files)}" for name, files in served.table.items()]
-        table = sni.render(served.table) if served.table else None
-        if table is not None and table != sni.current_bytes(sni.table_path(layout.path)):
-            common.append(f"would write {sni.table_path(layout.path)} (0600)")
-        common += _postconf_plan(ctx, self._main_cf_for(ctx, served))
-        probes = [str(e) for es in served.probes.values() for e in es]
-        common.append(
-            "would run postfix reload and probe " + (", ".join(probes) or "nothing")
-            if bundles
-            else "nothing to deploy"
-        )
+        if params is not None:  # several chains: the lists they make together
+            common.append(f"chains: {params.get('smtpd_tls_chain_files') or 'none'}")
+            if table is not None:
+                common.append(f"would write {sni.table_path(layout.path)} (0600)")
+            common += _postconf_plan(ctx, params)
+        targets = [str(e) for es in probes.values() for e in es]
+        if changes:
+            common.append(
+                "would run postfix check (if main.cf changes), postfix reload, and probe "
+                + (", ".join(targets) or "nothing")
+            )
         last = names[-1]
         outcomes[last] = replace(outcomes[last], detail=(*outcomes[last].detail, *common))
         return [outcomes[n] for n in names]
-
-    def _dry_run(self, name: str | None, ctx: Context | None = None) -> Outcome:
-        ctx = ctx or self.context()
-        for note in ctx.notes:
-            log.warning("%s", note)
-        snapshot, bundle = self.read_and_verify(name, ctx)
-        name = snapshot.name
-        self.dane_guard(name, bundle, ctx)
-        self.install_dir.check(create=False)
-        if self.install_dir.holds(
-            name, bundle.key_pem, bundle.fullchain_pem, ctx.state.pointed_files()
-        ):
-            plan = [f"{name}: version {snapshot.version} is already installed"]
-        else:
-            files, params = self.install_dir.plan(name, chain_files=ctx.state.uses_chain_files)
-            plan = [f"would write {line}" for line in files]
-            plan += _postconf_plan(ctx, params)
-            plan.append(
-                "would run postfix check (if main.cf changes), postfix reload, and probe "
-                + (", ".join(map(str, ctx.endpoints)) or "nothing")
-            )
-        return Outcome(name, "dry-run", bundle.leaf_sha256, bundle.warnings, detail=tuple(plan))
 
 
 def _postconf_plan(ctx: Context, values: Mapping[str, str]) -> list[str]:

@@ -125,21 +125,12 @@ class InstallDir:
             return []
         return sorted(self.path / n for n in names if n.startswith(prefix) and pattern.match(n))
 
-    def prune(self, name: str, keep: set[Path]) -> list[Path]:
-        """Delete every version of `name` not in `keep` (the deploy keeps the new version
-        and the one served before it, for rollback). A version written by a run killed
+    def prune(self, names: Sequence[str], keep: set[Path]) -> list[tuple[str, Path]]:
+        """Delete every version of `names` not in `keep` (the deploy keeps the new version
+        and the one served before it, for rollback), in one listing of the directory (a
+        thousand SNI lineages are deployed at once). A version written by a run killed
         before its switch was never served: it goes too, or a later rollback would land on
-        it instead of the certificate served before."""
-        removed = []
-        for path in self.versions(name):
-            if path not in keep:
-                path.unlink(missing_ok=True)
-                removed.append(path)
-        return removed
-
-    def prune_many(self, names: Sequence[str], keep: set[Path]) -> list[Path]:
-        """`prune` for several lineages in one listing of the directory (a thousand SNI
-        lineages deployed at once would otherwise list it a thousand times)."""
+        it instead of the certificate served before. Returns (lineage, file) removed."""
         wanted = set(names)
         removed = []
         try:
@@ -151,7 +142,7 @@ class InstallDir:
             path = self.path / entry
             if found and found.group(1) in wanted and path not in keep:
                 path.unlink(missing_ok=True)
-                removed.append(path)
+                removed.append((found.group(1), path))
         return removed
 
     def _ours(self, pointed: Sequence[str]) -> list[Path]:

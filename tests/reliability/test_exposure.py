@@ -129,7 +129,7 @@ def cycle_separate(directory: Path, bundles: list[VerifiedBundle]) -> None:
         if i % 5 == 4:
             installed.undo()
         else:
-            install_dir.prune(NAME, set(installed.files))
+            install_dir.prune([NAME], set(installed.files))
 
 
 @pytest.mark.slow
