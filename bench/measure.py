@@ -7,6 +7,7 @@ process started as `strace` saw them, what a STARTTLS client is served, /proc fi
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import os
@@ -26,7 +27,7 @@ from pathlib import Path
 from tests.support.net import LOOPBACK
 from tests.support.postfix import PostfixInstance, client_context, served_sha256
 
-from .results import ReloadTrial, StepCost
+from .results import CoreModule, ReloadTrial, StepCost
 
 # Every process runs in the repository this bench belongs to: `python -m pftls_hook` puts the
 # working directory first on sys.path, so the tool measured is this tree's, whichever
@@ -359,3 +360,30 @@ __all__ = [
     "status_kb",
     "step_costs",
 ]
+
+
+def core_size(package: Path, modules: Sequence[str]) -> list[CoreModule]:
+    """Each module's lines: all of them, and the code alone (no docstring, comment or blank
+    line), as the tree being measured has them."""
+    sizes = []
+    for name in modules:
+        source = (package / f"{name}.py").read_text()
+        lines = source.splitlines()
+        docs: set[int] = set()
+        for node in ast.walk(ast.parse(source)):
+            kinds = ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+            first = node.body[0] if isinstance(node, kinds) and node.body else None
+            value = first.value if isinstance(first, ast.Expr) else None
+            if (
+                first is not None
+                and isinstance(value, ast.Constant)
+                and isinstance(value.value, str)
+            ):
+                docs.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+        code = [
+            text
+            for number, text in enumerate(lines, 1)
+            if number not in docs and text.strip() and not text.strip().startswith("#")
+        ]
+        sizes.append(CoreModule(name, len(lines), len(code)))
+    return sizes

@@ -107,6 +107,13 @@ SCALE_COMMANDS = (SCALE_INSTALL, SCALE_HOOK, SCALE_STATUS, SCALE_CHECK)
 
 
 @dataclass
+class CoreModule:
+    name: str
+    lines: int
+    code_lines: int  # without docstrings, comments and blank lines
+
+
+@dataclass
 class Settings:
     rounds: int
     lineages: int
@@ -138,6 +145,7 @@ class Run:
     scale: list[ScaleSample] = field(default_factory=list)
     scale_load: str = ""  # load average when the scale stage began
     notes: list[str] = field(default_factory=list)  # what the run saw that is not a sample
+    core: list[CoreModule] = field(default_factory=list)  # the tree's core, measured
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=1) + "\n")

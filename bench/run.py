@@ -386,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         machine=machine.facts(REPO),
         load_start=machine.load_average(),
+        core=measure.core_size(REPO / "pftls_hook", report.CORE_MODULES),
     )
     started = time.monotonic()
     try:

@@ -82,9 +82,11 @@ def _installed(settings: Settings, name: str, reading: Reading) -> str | None:
     if sni.read(sni.table_path(layout.path)):
         return None
     try:
-        files = read_lineage(settings.live_dir / name, settle_timeout=settings.settle_timeout).files
+        files = read_lineage(settings.live_dir / name, settle_timeout=0).files
     except PftlsError:
-        return None  # the full deploy reads it again, and says why (or waits)
+        # Unsettled (certbot still at work: not a no-op, and waiting is the deploy's
+        # job), or refused: the full deploy reads it again, and waits or says why.
+        return None
     for instance in reading.instances:
         if not layout.holds(name, files.privkey, files.fullchain, instance.state.pointed_files()):
             return None
