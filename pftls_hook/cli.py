@@ -12,7 +12,6 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -282,7 +281,12 @@ def _tlsa(ns: argparse.Namespace, settings: Settings) -> int:
     from pftls_hook.deploy import Deployer  # noqa: PLC0415
 
     records = tlsa.collect(Deployer(settings), ns.name)
-    print(json.dumps(tlsa.as_json(records), indent=2) if ns.json else tlsa.render(records))
+    if ns.json:
+        import json  # noqa: PLC0415 - only for --json: the deploy hook starts without it
+
+        print(json.dumps(tlsa.as_json(records), indent=2))
+    else:
+        print(tlsa.render(records))
     return EXIT_OK
 
 

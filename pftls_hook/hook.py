@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import ssl
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from pftls_hook import probe, sni
 from pftls_hook.config import Endpoint, Settings
@@ -99,9 +99,26 @@ def _serves(settings: Settings, endpoint: Endpoint, leaf: str, hostnames: Sequen
     except PftlsError:
         return False
     names = [v for k, v in peer.get("subjectAltName", ()) if k in ("DNS", "IP Address")]
-    not_after = ssl.cert_time_to_seconds(peer.get("notAfter", "Jan  1 00:00:00 1970 GMT"))
     return (
         hashlib.sha256(der).hexdigest() == leaf
         and all(name_covers(names, h) for h in hostnames)
-        and not_after - time.time() >= max(settings.min_days, WARN_DAYS) * 86400
+        and _seconds(peer.get("notAfter", "")) - time.time()
+        >= max(settings.min_days, WARN_DAYS) * 86400
     )
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _seconds(when: str) -> float:
+    """OpenSSL's `Jun  1 12:00:00 2027 GMT` as a Unix time (0 if it is not that).
+    `ssl.cert_time_to_seconds` would load `_strptime`, a tenth of this hook's imports."""
+    try:
+        month, day, clock, year, _ = when.split()
+        hour, minute, second = map(int, clock.split(":"))
+        at = datetime(
+            int(year), _MONTHS.index(month) + 1, int(day), hour, minute, second, tzinfo=UTC
+        )
+    except ValueError:
+        return 0.0
+    return at.timestamp()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,10 +206,15 @@ class Postfix:
         return self._run(["postfix", "-c", str(self.config_dir), *args], timeout=timeout)
 
     def state(self) -> PostfixState:
-        """Everything a deploy reads of Postfix, in two commands."""
-        effective = _parse_assignments(self._postconf("-x", *_READ).stdout)
-        services, overrides = _parse_services(self._postconf("-M").stdout)
-        return PostfixState(effective, tuple(services), tuple(overrides))
+        """Everything a deploy reads of Postfix, in two commands run side by side: each is
+        mostly postconf's start-up (8 ms here), which a no-op deploy hook would wait for
+        twice."""
+        with ThreadPoolExecutor(2) as pool:
+            reads = pool.map(lambda args: self._postconf(*args), [("-x", *_READ), ("-M",)])
+            params, services = reads
+        effective = _parse_assignments(params.stdout)
+        found, overrides = _parse_services(services.stdout)
+        return PostfixState(effective, tuple(found), tuple(overrides))
 
     def parameters(self, *names: str) -> dict[str, str]:
         """Effective values (`postconf -x`: defaults included, `$name` expanded) of `names`."""
