@@ -304,17 +304,18 @@ class Deployer:
         self, name: str | None = None, *, only_if_ours: bool = False, reading: Reading | None = None
     ) -> Outcome:
         """`reading`: the caller holds the lock and has read Postfix's state under it."""
-        if self.settings.dry_run:
-            return self._dry_run(name)[0]
         lock = deploy_lock(self.settings.lock_file, self.settings.lock_timeout)
-        with contextlib.nullcontext() if reading else lock:
-            ctx = self.context(focus=name, reading=reading)
-            if name is not None and only_if_ours and not ctx.selection.ours(name):
-                serving = ctx.selection.lineage
-                why = f"Postfix uses {serving}" if serving else ctx.selection.why_none
-                return Outcome(name, "skipped", detail=(why,))
-            # A renewal redeploys just its lineage; no name, every selected one.
-            outcomes = self._deploy(ctx, [name] if name else self._everything(ctx))
+        if self.settings.dry_run:
+            outcomes = self._dry_run(name)
+        else:
+            with contextlib.nullcontext() if reading else lock:
+                ctx = self.context(focus=name, reading=reading)
+                if name is not None and only_if_ours and not ctx.selection.ours(name):
+                    serving = ctx.selection.lineage
+                    why = f"Postfix uses {serving}" if serving else ctx.selection.why_none
+                    return Outcome(name, "skipped", detail=(why,))
+                # A renewal redeploys just its lineage; no name, every selected one.
+                outcomes = self._deploy(ctx, [name] if name else self._everything(ctx))
         error = worst(outcomes)
         if error is not None:
             raise error
@@ -348,7 +349,8 @@ class Deployer:
 
     def _installed(self, ctx: Context, name: str, bundle: VerifiedBundle) -> bool:
         """Are `name`'s files these very bytes already? One chain: and every instance's
-        main.cf points at them. Several: main.cf lists them all (`pointing_everywhere`)."""
+        main.cf points at them. Several: the file alone (whether main.cf lists them all is
+        asked of the whole list: `pointing_everywhere` in `_switch`)."""
         layout = self.install_dir
         if ctx.selection.several and isinstance(layout, Combined):
             return layout.holds_file(name, bundle)
@@ -370,21 +372,27 @@ class Deployer:
                 _, bundle = self.read_and_verify(name, ctx, hostnames)
                 if ctx.selection.several:
                     self._check_slot(ctx, name, algorithm_of(bundle.leaf), names)
-                # DANE: a default chain (the MX names' TLSA records) that would change what
-                # Postfix serves; each algorithm's chain must match on its own. A version
-                # installed already was guarded when it was installed.
-                default = set(ctx.hostnames) <= set(hostnames)
-                if default and not self._installed(ctx, name, bundle):
+                # DANE: a default chain (the MX names' TLSA records) whose files change;
+                # each algorithm's chain must match on its own. One already in place is asked
+                # in `_switch` if a reload would serve it.
+                if self._default(ctx, name) and not self._installed(ctx, name, bundle):
                     self.dane_guard(name, bundle, ctx)
             except NotSettledError:
                 raise  # certbot is at work: wait for it (the daemon does), refuse nothing
             except RefusedError as exc:
-                if len(names) > 1:
+                if ctx.selection.several or len(names) > 1:
                     log.error("%s refused: %s; its previous version stays served", name, exc)
                 refused[name] = Outcome(name, "refused", detail=(str(exc),), error=exc)
                 continue
             bundles[name] = bundle
         return bundles, refused
+
+    @staticmethod
+    def _default(ctx: Context, name: str) -> bool:
+        """Is `name` served for the default hostnames (not only for SNI names)?"""
+        return set(ctx.hostnames) <= set(
+            ctx.selection.names_of(name, ctx.hostnames) or ctx.hostnames
+        )
 
     def _check_slot(self, ctx: Context, name: str, algorithm: str, names: Sequence[str]) -> None:
         """Postfix takes one key per algorithm and name: refuse a lineage whose key is not
@@ -438,7 +446,8 @@ class Deployer:
                 outcomes.update(self._switch(ctx, bundles))
             except PftlsError as exc:
                 # One transaction for the lineages that passed: all were undone together.
-                action = "rolled-back" if isinstance(exc, DeployFailedError) else "failed"
+                kinds = {DeployFailedError: "rolled-back", RefusedError: "refused"}
+                action = next((a for k, a in kinds.items() if isinstance(exc, k)), "failed")
                 outcomes.update({n: Outcome(n, action, error=exc) for n in bundles})
         return [outcomes[n] for n in names]
 
@@ -465,7 +474,13 @@ class Deployer:
             if all(before.get(t) == sha for t, sha in proofs.items()):
                 log.info("%s: already installed and served: nothing to do", ", ".join(bundles))
                 return {n: replace(o, action="unchanged") for n, o in done.items()}
-            # Installed but not served (a missed reload, a killed run): reload only.
+            # Installed but not served (a missed reload, a killed run): reload only, once DANE
+            # agrees, as what Postfix serves is about to change.
+            for n, bundle in bundles.items():
+                if self._default(ctx, n) and any(
+                    before.get(e) != bundle.leaf_sha256 for e in probes[n]
+                ):
+                    self.dane_guard(n, bundle, ctx)
             up = self._reload(ctx)
             if not up:
                 return {n: self._not_running(o) for n, o in done.items()}
@@ -613,7 +628,9 @@ class Deployer:
                 common.append(f"would write {sni.table_path(layout.path)} (0600)")
             common += _postconf_plan(ctx, params)
         targets = [str(e) for es in probes.values() for e in es]
-        if changes:
+        if not bundles:
+            common.append("nothing to deploy")
+        elif changes:
             common.append(
                 "would run postfix check (if main.cf changes), postfix reload, and probe "
                 + (", ".join(targets) or "nothing")

@@ -11,9 +11,12 @@ Why a no-op may skip verification: the installed files were checked, all of them
 were installed, and they are byte for byte the lineage's current key and chain. What could
 have changed since is the time, the trust anchors and the required hostnames, and those are
 checked again here by a verifying STARTTLS client (probe.checked): the chain to `--ca-file`,
-the dates and the sslserver purpose by OpenSSL, the names and the minimum days left by the
-same rules verify.py applies. The server's handshake proves it holds the matching key. A
-no-op needs no DNS: it changes nothing a TLSA record could reject.
+the dates and the sslserver purpose by OpenSSL (its own path building, not cryptography's:
+a chain either refuses goes to the full deploy), the names (pem.name_covers, verify.py's
+rule) and the minimum days left. The server's handshake proves it holds the matching key.
+A no-op needs no DNS: it changes nothing a TLSA record could reject. Any doubt (a probe
+error, a CA file OpenSSL cannot load, an IP address written another way) means the full
+deploy, never a different answer.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pftls_hook.install import install_dir
 from pftls_hook.lineage import read_lineage
 from pftls_hook.lock import deploy_lock
 from pftls_hook.outcome import Outcome
-from pftls_hook.pem import WARN_DAYS, leaf_sha256, name_covers
+from pftls_hook.pem import WARN_DAYS, first_leaf_sha256, name_covers
 from pftls_hook.postfix import Postfix, Reading, read_instances
 
 log = logging.getLogger("pftls-hook")
@@ -49,7 +52,10 @@ def run(settings: Settings, name: str) -> Outcome:
 def _deploy(settings: Settings, name: str, reading: Reading | None) -> Outcome:
     from pftls_hook.deploy import Deployer  # noqa: PLC0415 - only when there is work
 
-    deployer = Deployer(settings)
+    # The instances the state was read of are the ones it deploys to.
+    deployer = Deployer(
+        settings, postfixes=[i.postfix for i in reading.instances] if reading else ()
+    )
     if settings.metrics_file is None:
         return deployer.deploy(name, only_if_ours=True, reading=reading)
     from pftls_hook import metrics  # noqa: PLC0415 - only with a metrics file
@@ -79,18 +85,19 @@ def _installed(settings: Settings, name: str, reading: Reading) -> str | None:
     layout = install_dir(settings.install_dir, settings.layout)
     if settings.sni or settings.lineages or not reading.endpoints:
         return None
-    if sni.read(sni.table_path(layout.path)):
-        return None
     try:
+        layout.check()  # an install dir turned unsafe is refused on every run, no-op or not
+        if sni.read(sni.table_path(layout.path)):
+            return None
         files = read_lineage(settings.live_dir / name, settle_timeout=0).files
     except PftlsError:
-        # Unsettled (certbot still at work: not a no-op, and waiting is the deploy's
-        # job), or refused: the full deploy reads it again, and waits or says why.
+        # An unsettled lineage (certbot still at work: not a no-op, and waiting is the
+        # deploy's job), or a refusal: the full deploy reads it again, and waits or says why.
         return None
     for instance in reading.instances:
         if not layout.holds(name, files.privkey, files.fullchain, instance.state.pointed_files()):
             return None
-    return leaf_sha256(files.cert)
+    return first_leaf_sha256(files.cert)
 
 
 def _serves(settings: Settings, endpoint: Endpoint, leaf: str, hostnames: Sequence[str]) -> bool:

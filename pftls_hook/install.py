@@ -4,7 +4,8 @@ Contract: `install_dir(path, layout)` returns a `Combined` or `Separate` object;
 - `install(name, bundle, chain_files=)` writes the verified bytes and returns an
   `Installed`: the main.cf values that point Postfix at them, the new files, and an
   `undo()` that puts the files back as they were;
-- `holds(name, bundle, pointed)`: do the files main.cf points at hold exactly these bytes?
+- `holds(name, key, fullchain, pointed)`: does main.cf point (`pointed`) at `name`'s files,
+  holding exactly these bytes? (The no-op deploy hook asks it without cryptography.)
 - `lineage_of(pointed)`: which lineage main.cf points at, if it points into this dir;
   `lineages_of(pointed)`: all of them, when main.cf lists several chains (combined only);
 - `previous(name, pointed, chain_files=)`: the version before the current one, as bytes to

@@ -49,7 +49,7 @@ def combined(key_pem: bytes, fullchain_pem: bytes) -> bytes:
     return (key_pem if key_pem.endswith(b"\n") else key_pem + b"\n") + fullchain_pem
 
 
-def leaf_sha256(pem: bytes) -> str | None:
+def first_leaf_sha256(pem: bytes) -> str | None:
     """SHA-256 (hex) of the DER of the first certificate in `pem` (what a TLS client is
     sent, so what the probe compares); None if there is none or its base64 is broken."""
     found = CERT_BLOCK.search(pem)

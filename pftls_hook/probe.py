@@ -62,8 +62,9 @@ Peer = dict[str, Any]  # ssl's getpeercert(): subjectAltName, notAfter, ... ({} 
 
 @functools.cache
 def _context(algorithm: str | None = None, ca_file: str | None = None) -> ssl.SSLContext:
-    """One per algorithm, shared by every probe (and thread): OpenSSL's context setup costs
-    a quarter of a millisecond, a tenth of a probe, paid a thousand times for SNI names."""
+    """One per algorithm (and CA file), shared by every probe (and thread): OpenSSL's
+    context setup costs a quarter of a millisecond, a tenth of a probe, paid a thousand
+    times for SNI names."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # Identification only: the files were verified before install; here we want the leaf
     # whatever it is, to compare fingerprints. With `ca_file` (`checked`), OpenSSL verifies
@@ -138,8 +139,12 @@ def fetch(endpoint: Endpoint, *, timeout: float = 5.0, patience: float | None = 
 def checked(endpoint: Endpoint, ca_file: str, *, timeout: float = 5.0) -> tuple[bytes, Peer]:
     """The DER leaf and what a verifying client makes of it (Python's `getpeercert()`):
     served by a chain to `ca_file`'s anchors, in its validity, for a TLS server. A chain
-    that fails these raises `TlsBrokenError`."""
-    return _handshake(endpoint, _context(endpoint.algorithm, ca_file), timeout, None)
+    that fails these raises `TlsBrokenError`; a CA file OpenSSL cannot load, `ProbeError`."""
+    try:
+        context = _context(endpoint.algorithm, ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ProbeError(f"{ca_file}: OpenSSL cannot load this CA file: {exc}") from None
+    return _handshake(endpoint, context, timeout, None)
 
 
 def _handshake(

@@ -724,6 +724,21 @@ def test_deploy_hook_no_op_is_judged_again_by_the_full_deploy(
     assert_unchanged(rig, main_cf, sha256(first), renamed, code=EXIT_REFUSED)
     assert "does not cover smtp.test.example" in renamed.stderr, renamed.stderr
 
+    # A CA file OpenSSL cannot load (no certificate in it): the shortcut steps aside and the
+    # full deploy names the file, as before; no internal error.
+    empty_ca = rig.ca_file.parent / "empty.pem"
+    empty_ca.write_bytes(b"not a certificate\n")
+    unloadable, _ = _hook_importing(rig, "--ca-file", str(empty_ca))
+    assert_unchanged(rig, main_cf, sha256(first), unloadable, code=EXIT_REFUSED)
+    assert f"{empty_ca}: no CA certificate" in unloadable.stderr, unloadable.stderr
+
+    # A dry run of a refused renewal exits as the deploy would have.
+    rig.lineage(rig.inter.issue("other.test.example"), 2)
+    dry, _ = _hook_importing(rig, "--dry-run")
+    assert_unchanged(rig, main_cf, sha256(first), dry, code=EXIT_REFUSED)
+    assert f"does not cover {NAME}" in dry.stderr, dry.stderr
+    rig.lineage(first, 3)  # the same certificate again, as version 3: a no-op once more
+
     rig.postfix.stop()
     stopped, _ = _hook_importing(rig)
     assert_ok(stopped)
