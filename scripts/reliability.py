@@ -35,6 +35,7 @@ CASES = {
     "faults": "Faults",
     "concurrency": "Concurrency",
     "hostile": "Hostile and broken input",
+    "dane-hostile": "Hostile DNS for the DANE guard",
     "fuzz": "Fuzzing",
     "exposure": "Key exposure",
     "trusted": "Inputs it trusts",

@@ -24,11 +24,13 @@ from tests.support.deployed import LOOPBACK, current, sha256, wait_serves
 from tests.support.dns import DnsLab, Zone, dns_lab, tlsa_owner
 from tests.support.pki import CA, Leaf
 from tests.support.postfix import served_sha256
+from tests.support.scorecard import Scorecard
 from tests.support.tlsa import record
 from tests.support.tool import Tool, assert_exit
 
 ZONE, BOGUS = "hostile.test.", "bogus-hostile.test."
 EXIT_OK, EXIT_REFUSED = 0, 3
+REFUSED, ACCEPTED = "refused", "accepted by design"  # scorecard groups
 HUGE = 400  # records in one RRset: ~27 kB, far past UDP, over TCP
 CHAIN = 30  # CNAME hops: past unbound's limit (and dnspython's)
 
@@ -66,6 +68,7 @@ class Case:
     lab: DnsLab
     first: Leaf
     renewed: Leaf
+    card: Scorecard
 
     @property
     def owner(self) -> str:
@@ -81,6 +84,10 @@ class Case:
 
     def assert_refused_cleanly(self, resolver: str = "") -> str:
         """Refused within RUN_TIMEOUT, nothing changed; returns stderr."""
+        with self.card.attempt(self.host, group=REFUSED):
+            return self._refused_cleanly(resolver)
+
+    def _refused_cleanly(self, resolver: str) -> str:
         main_cf = self.tool.postfix.main_cf_bytes()
         installed = current(self.tool, self.host).read_bytes()
         result, took = self.install(resolver)
@@ -93,6 +100,10 @@ class Case:
         return result.stderr
 
     def assert_deployed(self) -> str:
+        with self.card.attempt(self.host, group=ACCEPTED):
+            return self._deployed()
+
+    def _deployed(self) -> str:
         result, took = self.install()
         assert took < RUN_TIMEOUT, f"took {took:.1f} s"
         assert_exit(result, EXIT_OK)
@@ -100,9 +111,25 @@ class Case:
         return result.stderr
 
 
+@pytest.fixture(scope="module")
+def card() -> Iterator[Scorecard]:
+    card = Scorecard("dane-hostile", "Hostile DNS for the DANE guard")
+    yield card
+    refused, total = card.count(REFUSED)
+    accepted, accepted_total = card.count(ACCEPTED)
+    card.record(
+        f"{refused}/{total} refused cleanly (exit 3, main.cf and the served certificate"
+        f" unchanged); {accepted}/{accepted_total} accepted by design and served",
+        refused=refused,
+        total=total,
+        accepted=accepted,
+        accepted_total=accepted_total,
+    )
+
+
 @pytest.fixture
 def make_case(
-    tmp_path: Path, make_postfix: MakePostfix, root: CA, inter: CA, lab: DnsLab
+    tmp_path: Path, make_postfix: MakePostfix, root: CA, inter: CA, lab: DnsLab, *, card: Scorecard
 ) -> Callable[[str], Case]:
     def make(label: str) -> Case:
         host = f"{label}.{ZONE.rstrip('.')}"
@@ -117,7 +144,7 @@ def make_case(
         wait_serves(tool, first)
         renewed = inter.issue(host)
         tool.lineage(renewed, 2, name=host)
-        return Case(tool, host, lab, first, renewed)
+        return Case(tool, host, lab, first, renewed, card)
 
     return make
 
