@@ -183,7 +183,12 @@ def _deploy_hook(settings: Settings) -> Outcome:
     if not lineage:
         raise UsageError("deploy-hook: RENEWED_LINEAGE is not set (run it from certbot)")
     # Only a lineage directly under our live dir: certbot's own layout, nothing else.
-    return hook.run(settings, renewed_lineage(lineage, settings.live_dir))
+    name = renewed_lineage(lineage, settings.live_dir)
+    if settings.dry_run or settings.metrics_file is not None:
+        from pftls_hook.deploy import Deployer  # noqa: PLC0415
+
+        return _deploy(Deployer(settings), name, only_if_ours=True)
+    return hook.run(settings, name)
 
 
 def _deploy(deployer: Deployer, name: str | None, *, only_if_ours: bool = False) -> Outcome:

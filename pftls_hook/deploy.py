@@ -97,6 +97,12 @@ class Context:
     sni_table: Mapping[str, list[str]] = field(default_factory=dict)  # pftls-hook's, now
     instances: tuple[Instance, ...] = ()
 
+    @property
+    def chain_files(self) -> bool:
+        """Does a deploy list its files in `smtpd_tls_chain_files` (several chains, or
+        main.cf uses it already) rather than the cert and key parameters?"""
+        return self.selection.several or self.state.uses_chain_files
+
     def pointing_everywhere(self, values: Mapping[str, str]) -> bool:
         """Does every instance's main.cf already say `values`?"""
         return all(
@@ -304,11 +310,12 @@ class Deployer:
         self, name: str | None = None, *, only_if_ours: bool = False, reading: Reading | None = None
     ) -> Outcome:
         """`reading`: the caller holds the lock and has read Postfix's state under it."""
-        lock = deploy_lock(self.settings.lock_file, self.settings.lock_timeout)
         if self.settings.dry_run:
             outcomes = self._dry_run(name)
         else:
-            with contextlib.nullcontext() if reading else lock:
+            held = reading is not None
+            lock = self.settings.lock_file, self.settings.lock_timeout
+            with contextlib.nullcontext() if held else deploy_lock(*lock):
                 ctx = self.context(focus=name, reading=reading)
                 if name is not None and only_if_ours and not ctx.selection.ours(name):
                     serving = ctx.selection.lineage
@@ -361,21 +368,24 @@ class Deployer:
 
     def _verified(
         self, ctx: Context, names: Sequence[str]
-    ) -> tuple[dict[str, VerifiedBundle], dict[str, Outcome]]:
+    ) -> tuple[dict[str, VerifiedBundle], dict[str, Outcome], set[str]]:
         """Read and verify each lineage for the names it serves; a refused one is an
-        outcome, not a stop."""
+        outcome, not a stop. Also returns the lineages already in place (`_installed`),
+        read once."""
         bundles: dict[str, VerifiedBundle] = {}
         refused: dict[str, Outcome] = {}
+        in_place: set[str] = set()
         for name in names:
             try:
-                hostnames = ctx.selection.names_of(name, ctx.hostnames) or ctx.hostnames
-                _, bundle = self.read_and_verify(name, ctx, hostnames)
+                _, bundle = self.read_and_verify(name, ctx, self._served_for(ctx, name))
                 if ctx.selection.several:
                     self._check_slot(ctx, name, algorithm_of(bundle.leaf), names)
-                # DANE: a default chain (the MX names' TLSA records) whose files change;
-                # each algorithm's chain must match on its own. One already in place is asked
-                # in `_switch` if a reload would serve it.
-                if self._default(ctx, name) and not self._installed(ctx, name, bundle):
+                if self._installed(ctx, name, bundle):
+                    in_place.add(name)
+                elif self._default(ctx, name):
+                    # DANE: a default chain (the MX names' TLSA records) whose files change;
+                    # each algorithm's chain must match on its own. One already in place is
+                    # asked in `_switch` if a reload would serve it.
                     self.dane_guard(name, bundle, ctx)
             except NotSettledError:
                 raise  # certbot is at work: wait for it (the daemon does), refuse nothing
@@ -385,14 +395,16 @@ class Deployer:
                 refused[name] = Outcome(name, "refused", detail=(str(exc),), error=exc)
                 continue
             bundles[name] = bundle
-        return bundles, refused
+        return bundles, refused, in_place
 
     @staticmethod
-    def _default(ctx: Context, name: str) -> bool:
+    def _served_for(ctx: Context, name: str) -> list[str]:
+        """The names `name` must cover: those it is served for, else the default ones."""
+        return ctx.selection.names_of(name, ctx.hostnames) or list(ctx.hostnames)
+
+    def _default(self, ctx: Context, name: str) -> bool:
         """Is `name` served for the default hostnames (not only for SNI names)?"""
-        return set(ctx.hostnames) <= set(
-            ctx.selection.names_of(name, ctx.hostnames) or ctx.hostnames
-        )
+        return set(ctx.hostnames) <= set(self._served_for(ctx, name))
 
     def _check_slot(self, ctx: Context, name: str, algorithm: str, names: Sequence[str]) -> None:
         """Postfix takes one key per algorithm and name: refuse a lineage whose key is not
@@ -439,11 +451,11 @@ class Deployer:
     def _deploy(self, ctx: Context, names: Sequence[str]) -> list[Outcome]:
         for note in ctx.notes:
             log.warning("%s", note)
-        bundles, outcomes = self._verified(ctx, names)
+        bundles, outcomes, in_place = self._verified(ctx, names)
         if bundles:
             self._layout(ctx, create=True).clean_temps()
             try:
-                outcomes.update(self._switch(ctx, bundles))
+                outcomes.update(self._switch(ctx, bundles, in_place))
             except PftlsError as exc:
                 # One transaction for the lineages that passed: all were undone together.
                 kinds = {DeployFailedError: "rolled-back", RefusedError: "refused"}
@@ -451,7 +463,9 @@ class Deployer:
                 outcomes.update({n: Outcome(n, action, error=exc) for n in bundles})
         return [outcomes[n] for n in names]
 
-    def _switch(self, ctx: Context, bundles: Mapping[str, VerifiedBundle]) -> dict[str, Outcome]:
+    def _switch(
+        self, ctx: Context, bundles: Mapping[str, VerifiedBundle], in_place: set[str]
+    ) -> dict[str, Outcome]:
         layout = self.install_dir
         probes, params, table = self._targets(ctx, bundles)
         proofs = {e: bundles[n].leaf_sha256 for n, es in probes.items() for e in es}
@@ -459,14 +473,13 @@ class Deployer:
         # name not in the SNI table yet gets the default chains, which are probed anyway.
         listed = ctx.sni_table
         before = self.served([e for e in proofs if e.servername is None or e.servername in listed])
-        todo = [n for n, b in bundles.items() if not self._installed(ctx, n, b)]
+        todo = [n for n in bundles if n not in in_place]
         done = {
             n: Outcome(n, "deployed", b.leaf_sha256, b.warnings, tuple(map(str, probes[n])))
             for n, b in bundles.items()
         }
-        chain_files = ctx.selection.several or ctx.state.uses_chain_files
         switches: list[Callable[[], Installed]] = [
-            partial(layout.install, n, bundles[n], chain_files=chain_files) for n in todo
+            partial(layout.install, n, bundles[n], chain_files=ctx.chain_files) for n in todo
         ]
         if table is not None:
             switches.append(partial(sni.switch, sni.table_path(layout.path), table))
@@ -606,16 +619,15 @@ class Deployer:
             log.warning("%s", note)
         layout = self._layout(ctx, create=False)
         names = [name] if name else self._everything(ctx)
-        bundles, outcomes = self._verified(ctx, names)
+        bundles, outcomes, in_place = self._verified(ctx, names)
         probes, params, table = self._targets(ctx, bundles)
-        chain_files = ctx.selection.several or ctx.state.uses_chain_files
         common: list[str] = []
         changes = params is not None
         for n, bundle in bundles.items():
-            if self._installed(ctx, n, bundle):
+            if n in in_place:
                 plan = [f"{n}: already installed"]
             else:
-                files, values = layout.plan(n, chain_files=chain_files)
+                files, values = layout.plan(n, chain_files=ctx.chain_files)
                 plan = [f"would write {line}" for line in files]
                 common += _postconf_plan(ctx, values) if params is None else []
                 changes = True

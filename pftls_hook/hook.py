@@ -2,7 +2,9 @@
 
 Contract: `run(settings, name)` deploys lineage `name` as the deploy hook does (only if
 Postfix serves it: `Deployer.deploy(name, only_if_ours=True)`) and returns its `Outcome`,
-or raises what that raises. Under the lock it reads Postfix's state once; when that state
+or raises what that raises; for a deploy that is neither a dry run (a plan: the deploy's
+job) nor counted in a metrics file (metrics.deploy rewrites it every run): the CLI sends
+those to the deploy itself. Under the lock it reads Postfix's state once; when that state
 shows the renewal is already done (`unchanged`), it answers "unchanged" without importing
 cryptography or the deploy (a no-op otherwise spends most of its time importing them); any
 other case goes to the full deploy, with the state already read.
@@ -41,26 +43,17 @@ log = logging.getLogger("pftls-hook")
 
 
 def run(settings: Settings, name: str) -> Outcome:
-    if settings.dry_run or settings.metrics_file is not None:
-        # A dry run plans (the deploy's job); a metrics file is rewritten by every run.
-        return _deploy(settings, name, None)
     with deploy_lock(settings.lock_file, settings.lock_timeout):
         reading = read_instances(settings, [Postfix(d) for d in settings.instances])
         return unchanged(settings, name, reading) or _deploy(settings, name, reading)
 
 
-def _deploy(settings: Settings, name: str, reading: Reading | None) -> Outcome:
+def _deploy(settings: Settings, name: str, reading: Reading) -> Outcome:
     from pftls_hook.deploy import Deployer  # noqa: PLC0415 - only when there is work
 
     # The instances the state was read of are the ones it deploys to.
-    deployer = Deployer(
-        settings, postfixes=[i.postfix for i in reading.instances] if reading else ()
-    )
-    if settings.metrics_file is None:
-        return deployer.deploy(name, only_if_ours=True, reading=reading)
-    from pftls_hook import metrics  # noqa: PLC0415 - only with a metrics file
-
-    return metrics.deploy(deployer, name, only_if_ours=True)
+    deployer = Deployer(settings, postfixes=[i.postfix for i in reading.instances])
+    return deployer.deploy(name, only_if_ours=True, reading=reading)
 
 
 def unchanged(settings: Settings, name: str, reading: Reading) -> Outcome | None:

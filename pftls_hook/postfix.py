@@ -210,8 +210,9 @@ class Postfix:
         mostly postconf's start-up (8 ms here), which a no-op deploy hook would wait for
         twice."""
         with ThreadPoolExecutor(2) as pool:
-            reads = pool.map(lambda args: self._postconf(*args), [("-x", *_READ), ("-M",)])
-            params, services = reads
+            params, services = pool.map(
+                lambda args: self._postconf(*args), [("-x", *_READ), ("-M",)]
+            )
         effective = _parse_assignments(params.stdout)
         found, overrides = _parse_services(services.stdout)
         return PostfixState(effective, tuple(found), tuple(overrides))
