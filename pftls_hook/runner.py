@@ -6,6 +6,11 @@ only when the program cannot be started or times out; a non-zero exit is data fo
 who decides whether it is an error (`Result.check`). certbot gives hooks no timeout, so a
 hung child here would hang certbot: every call is bounded.
 
+Output is captured in memory files, not pipes: a program may leave a child running with our
+stdout (`postfix reload` ends with `postsuper &`, a scan of the whole queue), and reading a
+pipe to its end would wait for that child too, up to the timeout; a memory file is read
+once the program itself has exited.
+
 `keep_env=("NAME", ...)` passes those variables through from our own environment, and only
 those, when they are set: the one explicit exception to the fixed environment, for a child
 that needs a named setting of the caller (certbot reads `REQUESTS_CA_BUNDLE` to trust a
@@ -18,6 +23,7 @@ import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from io import BufferedRandom
 
 from pftls_hook.errors import CommandError
 
@@ -53,21 +59,30 @@ def run(
     args = tuple(argv)
     env = {"PATH": FIXED_PATH, "LANG": "C", "LC_ALL": "C"}
     env.update({name: os.environ[name] for name in keep_env if name in os.environ})
-    try:
-        proc = subprocess.run(
-            args,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            env=env,
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise CommandError(f"`{args[0]}` not found: is it installed?") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(f"`{' '.join(args)}` timed out after {timeout:g} s") from exc
-    except OSError as exc:
-        raise CommandError(f"`{args[0]}` could not be started: {exc.strerror}") from exc
-    return Result(args, proc.returncode, proc.stdout, proc.stderr)
+    with _memory_file("stdout") as out, _memory_file("stderr") as err:
+        try:
+            proc = subprocess.run(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=env,
+                timeout=timeout,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            raise CommandError(f"`{args[0]}` not found: is it installed?") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise CommandError(f"`{' '.join(args)}` timed out after {timeout:g} s") from exc
+        except OSError as exc:
+            raise CommandError(f"`{args[0]}` could not be started: {exc.strerror}") from exc
+        return Result(args, proc.returncode, _text(out), _text(err))
+
+
+def _memory_file(name: str) -> BufferedRandom:
+    return open(os.memfd_create(name, os.MFD_CLOEXEC), "w+b")
+
+
+def _text(file: BufferedRandom) -> str:
+    file.seek(0)
+    return file.read().decode("utf-8", errors="replace")

@@ -47,6 +47,9 @@ from tests.support.pki import CA, Leaf
 from tests.support.postfix import served_sha256
 from tests.support.tool import NAME, Tool, assert_exit
 
+POSTFIX_COMMANDS = ("postalias", "postcat", "postconf", "postdrop", "postfix", "postkick",
+                    "postlock", "postlog", "postmap", "postqueue", "sendmail")  # fmt: skip
+
 EXIT_OK, EXIT_ROLLED_BACK, EXIT_CANNOT = 0, 4, 6
 
 FAULTS = {
@@ -61,6 +64,8 @@ FAULTS = {
     "probe-wrong-cert": "the probe sees another certificate",
     "probe-454": "the probe gets 454 (smtpd could not load its key)",
     "repair-454": "Postfix answers 454 before the deploy (its key file is missing)",
+    "slow-queue-scan": "the queue scan `postfix reload` leaves running (`postsuper &`) "
+    "does not end (a large queue)",
 }
 
 
@@ -74,6 +79,9 @@ FINDINGS = (
     "previous certificate was served; now proven by the probe, exit 4 (deploy.py)",
     "a 454 from an old idle smtpd after the reload rolled a repair of a broken TLS back to "
     "it (4 deploys in 8); a 454 is now retried until the probe timeout (probe.py)",
+    "`postfix reload` returned only once the `postsuper &` it leaves behind had ended (that "
+    "child kept our output pipes open): a long queue scan made the reload time out and a "
+    "good deploy roll back; output is now captured in memory files (runner.py)",
 )
 
 
@@ -384,3 +392,44 @@ def answers_454(tool: Tool) -> bool:
     except smtplib.SMTPResponseException as exc:
         return exc.smtp_code == 454
     return False
+
+
+def held_queue_scan(tool: Tool, gate: Path, waiting: Path) -> None:
+    """Point the instance's command_directory at Postfix's own programs, except postsuper:
+    run without arguments (the queue scan `postfix reload` leaves running in the
+    background), it says so in `waiting` and waits until `gate` exists."""
+    real = Path(tool.postfix.postconf("-h", "command_directory").strip())
+    commands = tool.base / "commands"
+    commands.mkdir()
+    for program in POSTFIX_COMMANDS:
+        (commands / program).symlink_to(real / program)
+    postsuper = commands / "postsuper"
+    postsuper.write_text(
+        "#!/bin/sh\n"
+        f'if [ $# -eq 0 ]; then\n  : > "{waiting}"\n'
+        f'  while [ ! -e "{gate}" ]; do sleep 0.05; done\nfi\n'
+        f'exec "{real / "postsuper"}" "$@"\n'
+    )
+    postsuper.chmod(0o755)
+    tool.postfix.postconf("-e", f"command_directory = {commands}")
+
+
+def test_a_reload_does_not_wait_for_its_background_queue_scan(
+    tool: Tool, inter: CA, outcomes: dict[str, str]
+) -> None:
+    renewed = renewal(tool, inter)
+    gate, waiting = tool.base / "scan-may-end", tool.base / "scan-waiting"
+    held_queue_scan(tool, gate, waiting)
+    try:
+        result = tool.run("deploy-hook", env={"RENEWED_LINEAGE": str(tool.live_dir / NAME)})
+
+        # The deploy hook returned while the scan its reload started was still held.
+        assert waiting.exists(), "the reload's queue scan never ran through the wrapper"
+        assert not gate.exists()
+    finally:
+        gate.touch()
+    assert_exit(result, EXIT_OK)
+    assert "proven on" in result.stderr, result.stderr
+    assert pointed_pair(tool.postfix).leaf_sha256 == sha256(renewed.second)
+    wait_serves(tool, renewed.second)
+    outcomes["slow-queue-scan"] = "exit 0: deployed and proven while the scan was still running"
