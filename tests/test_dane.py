@@ -35,6 +35,7 @@ from tests.support.daemon import WatchProcess
 from tests.support.deployed import (
     LOOPBACK,
     clean_env,
+    combined,
     current,
     first_deploy,
     sha256,
@@ -857,3 +858,39 @@ def test_tlsa_and_status_when_dns_cannot_answer(rig: DaneRig, inter: CA) -> None
     dry = rig.run("--dry-run", "install", rig.host)
     assert_refused_unchanged(rig, was, dry)
     assert "would write" not in dry.stdout
+
+
+def test_a_version_in_place_not_served_is_reloaded_only_once_dns_agrees(
+    rig: DaneRig, inter: CA
+) -> None:
+    """A deploy killed between its switch and its reload leaves the new files in place
+    while Postfix serves the old ones (an smtpd started before the switch, idle). The next
+    run only reloads, and only once the TLSA records accept what the reload would serve."""
+    first = _deploy_first(rig, inter)
+    rig.publish(rec_311(first.cert))
+    renewed = inter.issue(rig.host)
+    rig.renew(renewed)
+    installed = current(rig.tool, rig.host)
+    assert served_sha256(LOOPBACK, rig.tool.postfix.port) == sha256(first)  # its smtpd idles
+    installed.write_bytes(combined(renewed))  # what the killed deploy switched in
+    was = before(rig)
+    assert was.served == sha256(first), "the idle smtpd should still serve version 1"
+    reloads = rig.tool.postfix.reloads()
+    hook = ("deploy-hook",)
+    env = {"RENEWED_LINEAGE": str(rig.tool.live_dir / rig.host)}
+
+    refused = rig.run(*hook, env=env)
+
+    assert_refused_unchanged(rig, was, refused)
+    assert_published_line(refused, f"{rig.owner} IN TLSA {rec_311(renewed.cert)}")
+    assert rig.tool.postfix.reloads() == reloads, "reloaded what DNS rejects"
+
+    rig.publish(rec_311(first.cert), rec_311(renewed.cert))
+    inode = installed.stat().st_ino
+    reloaded = rig.run(*hook, env=env)
+
+    assert_exit(reloaded, EXIT_OK)
+    assert f"{rig.host}: reloaded" in reloaded.stderr, reloaded.stderr
+    assert installed.stat().st_ino == inode, "the files in place were switched again"
+    assert rig.tool.postfix.main_cf_bytes() == was.main_cf
+    wait_serves(rig.tool, renewed)
