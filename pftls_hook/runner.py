@@ -59,8 +59,8 @@ def run(
     args = tuple(argv)
     env = {"PATH": FIXED_PATH, "LANG": "C", "LC_ALL": "C"}
     env.update({name: os.environ[name] for name in keep_env if name in os.environ})
-    with _memory_file("stdout") as out, _memory_file("stderr") as err:
-        try:
+    try:
+        with _memory_file("stdout") as out, _memory_file("stderr") as err:
             proc = subprocess.run(
                 args,
                 stdin=subprocess.DEVNULL,
@@ -70,13 +70,13 @@ def run(
                 timeout=timeout,
                 check=False,
             )
-        except FileNotFoundError as exc:
-            raise CommandError(f"`{args[0]}` not found: is it installed?") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise CommandError(f"`{' '.join(args)}` timed out after {timeout:g} s") from exc
-        except OSError as exc:
-            raise CommandError(f"`{args[0]}` could not be started: {exc.strerror}") from exc
-        return Result(args, proc.returncode, _text(out), _text(err))
+            return Result(args, proc.returncode, _text(out), _text(err))
+    except FileNotFoundError as exc:
+        raise CommandError(f"`{args[0]}` not found: is it installed?") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(f"`{' '.join(args)}` timed out after {timeout:g} s") from exc
+    except OSError as exc:  # no file descriptor or memory left for it, among others
+        raise CommandError(f"`{args[0]}` could not be started: {exc.strerror}") from exc
 
 
 def _memory_file(name: str) -> BufferedRandom:
