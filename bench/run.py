@@ -52,6 +52,10 @@ from .results import (
     NOOP,
     NOOP_CROWD,
     NOOP_EMPTY,
+    STEP_CRYPTOGRAPHY,
+    STEP_POSTCONF,
+    STEP_PYTHON,
+    STEP_RELOAD,
     SWITCH,
     BaselineProof,
     Commands,
@@ -298,15 +302,15 @@ class Bench:
             "-purpose", "sslserver", str(bed.lineage / "fullchain.pem"),
         ]  # fmt: skip
         commands: list[tuple[str, Sequence[str]]] = [
-            ("python -c pass", [py, "-c", "pass"]),
-            ("python -c 'import cryptography.x509'", [py, "-c", "import cryptography.x509"]),
+            (STEP_PYTHON, [py, "-c", "pass"]),
+            (STEP_CRYPTOGRAPHY, [py, "-c", "import cryptography.x509"]),
             ("python -m pftls_hook --help", [py, "-m", "pftls_hook", "--help"]),
             ("postconf -c DIR -n", ["postconf", "-c", config, "-n"]),
-            ("postconf -c DIR -x", ["postconf", "-c", config, "-x"]),
+            (STEP_POSTCONF, ["postconf", "-c", config, "-x"]),
             ("postconf -c DIR -M", ["postconf", "-c", config, "-M"]),
             ("postfix -c DIR status", ["postfix", "-c", config, "status"]),
             ("postfix -c DIR check", ["postfix", "-c", config, "check"]),
-            ("postfix -c DIR reload", ["postfix", "-c", config, "reload"]),
+            (STEP_RELOAD, ["postfix", "-c", config, "reload"]),
             ("openssl verify -purpose sslserver", openssl),
         ]
         self.run.steps = measure.step_costs(commands, bed.env(), STEP_REPEATS)
