@@ -31,6 +31,7 @@ from .measure import BenchError, leaf_sha256, run_checked
 CERT_NAME = "mail"
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 SERVED_TIMEOUT = 30.0
+SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")  # pftls-hook's default --ca-file
 # Postfix treats a main.cf modified less than about a second or two ago as "hot", and every
 # postconf/postfix waits until it cools: a measured run never starts on a hot main.cf.
 MAIN_CF_COOL_S = 2.5
@@ -103,6 +104,8 @@ class Bed:
         self.postfix = PostfixInstance(base / "pf", free_port())
         self.certbot = Certbot(base / "certbot", self.pebble)
         self.roots = base / "roots.pem"  # pebble's root, and the crowd's
+        # The system's CA bundle (the default --ca-file) with those roots: None without one.
+        self.bundle: Path | None = base / "bundle.pem" if SYSTEM_BUNDLE.is_file() else None
         self.copy_dir = base / "copy"  # where the shell hook copies to
         self.baseline_hook = base / "baseline-hook.sh"
         self.rig = Tool(self.postfix, base, self.roots, certbot_config_dir=self.certbot.config_dir)
@@ -135,6 +138,8 @@ class Bed:
         if self.crowd is not None:
             roots += self.crowd.root.cert_pem
         self.roots.write_bytes(roots)
+        if self.bundle is not None:
+            self.bundle.write_bytes(SYSTEM_BUNDLE.read_bytes() + roots)
         self.copy_dir.mkdir(mode=0o700)
         self.baseline_hook.write_text(
             BASELINE_SH.format(

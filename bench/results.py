@@ -23,6 +23,8 @@ NOOP = "no-op"  # pftls-hook deploy-hook again: already installed and served
 BASELINE_NOOP = "baseline (no-op)"  # the shell hook, next to NOOP
 NOOP_CROWD = "no-op, crowded live/"  # NOOP with the unrelated lineages moved into live/
 NOOP_EMPTY = "no-op, live/ without them"  # NOOP next to NOOP_CROWD, the same lineages out
+NOOP_BUNDLE = "no-op, system CA bundle"  # NOOP with --ca-file the system bundle + the roots
+NOOP_ROOTS = "no-op, test roots alone"  # NOOP next to NOOP_BUNDLE, --ca-file the roots
 
 # Single commands of the steps stage, and the reload trial, that the switch's floor sums.
 STEP_PYTHON = "python -c pass"
@@ -30,7 +32,9 @@ STEP_CRYPTOGRAPHY = "python -c 'import cryptography.x509'"
 STEP_POSTCONF = "postconf -c DIR -x"
 STEP_RELOAD = "postfix -c DIR reload"
 AFTER_RELOAD = "one client after the reload"
-VARIANTS = (SWITCH, BASELINE_SWITCH, NOOP, BASELINE_NOOP, NOOP_CROWD, NOOP_EMPTY)
+VARIANTS = (
+    SWITCH, BASELINE_SWITCH, NOOP, BASELINE_NOOP, NOOP_CROWD, NOOP_EMPTY, NOOP_BUNDLE, NOOP_ROOTS,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

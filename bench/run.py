@@ -50,8 +50,10 @@ from .results import (
     BASELINE_NOOP,
     BASELINE_SWITCH,
     NOOP,
+    NOOP_BUNDLE,
     NOOP_CROWD,
     NOOP_EMPTY,
+    NOOP_ROOTS,
     STEP_CRYPTOGRAPHY,
     STEP_POSTCONF,
     STEP_PYTHON,
@@ -181,8 +183,10 @@ class Bench:
             return measure.process_times([str(bed.baseline_hook)], bed.hook_env())
         if variant == SWITCH:
             return measure.process_times([*bed.tool, "deploy-hook"], bed.hook_env())
+        # The bundle's variant names it last: the later --ca-file is the one that counts.
+        bundle = ["--ca-file", str(bed.bundle)] if variant == NOOP_BUNDLE and bed.bundle else []
         before = bed.snapshot()
-        times = measure.process_times([*bed.tool, "deploy-hook"], bed.hook_env())
+        times = measure.process_times([*bed.tool, *bundle, "deploy-hook"], bed.hook_env())
         if bed.snapshot() != before:
             self.run.notes.append(
                 f"a {variant} deploy hook run changed main.cf or the install dir"
@@ -200,6 +204,8 @@ class Bench:
         pairs = [(NOOP, BASELINE_NOOP)]
         if self.bed.crowd is not None:
             pairs.append((NOOP_CROWD, NOOP_EMPTY))
+        if self.bed.bundle is not None:
+            pairs.append((NOOP_BUNDLE, NOOP_ROOTS))
         for index in range(1, rounds + 1):
             self.bed.renew()
             round_ = Round(index, [], {}, {})

@@ -8,7 +8,7 @@ when it could not load its key, and keeps advertising STARTTLS, so EHLO alone pr
 nothing. A 454 is retried like a wrong certificate: after a reload an old idle smtpd that
 could not load the previous (broken) key may still take one more connection, and giving up
 on its answer would roll a repair back. The client checks no chain or name (that was done
-on the files); it only identifies the leaf. `checked(endpoint, ca_file)` is the one client
+on the files); it only identifies the leaf. `checked(endpoint, anchors)` is the one client
 that verifies the chain as an MTA would: the no-op deploy hook's proof (hook.py).
 `posttls-finger` is not used: it always exits 0.
 
@@ -61,20 +61,20 @@ Peer = dict[str, Any]  # ssl's getpeercert(): subjectAltName, notAfter, ... ({} 
 
 
 @functools.cache
-def _context(algorithm: str | None = None, ca_file: str | None = None) -> ssl.SSLContext:
-    """One per algorithm (and CA file), shared by every probe (and thread): OpenSSL's
+def _context(algorithm: str | None = None, anchors: str | None = None) -> ssl.SSLContext:
+    """One per algorithm (and trust anchors), shared by every probe (and thread): OpenSSL's
     context setup costs a quarter of a millisecond, a tenth of a probe, paid a thousand
     times for SNI names."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # Identification only: the files were verified before install; here we want the leaf
-    # whatever it is, to compare fingerprints. With `ca_file` (`checked`), OpenSSL verifies
+    # whatever it is, to compare fingerprints. With `anchors` (`checked`), OpenSSL verifies
     # the chain to those anchors, the dates and the sslserver purpose; names are matched by
     # the caller, for every required hostname.
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    if ca_file is not None:
+    if anchors is not None:
         context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(cafile=ca_file)
+        context.load_verify_locations(cadata=anchors)
     suites = _SUITES.get(algorithm or "")
     if suites is not None:
         # TLS 1.3 suites say nothing of the certificate; 1.2 ones do (module docstring).
@@ -136,14 +136,15 @@ def fetch(endpoint: Endpoint, *, timeout: float = 5.0, patience: float | None = 
     return _handshake(endpoint, _context(endpoint.algorithm), timeout, patience)[0]
 
 
-def checked(endpoint: Endpoint, ca_file: str, *, timeout: float = 5.0) -> tuple[bytes, Peer]:
+def checked(endpoint: Endpoint, anchors: str, *, timeout: float = 5.0) -> tuple[bytes, Peer]:
     """The DER leaf and what a verifying client makes of it (Python's `getpeercert()`):
-    served by a chain to `ca_file`'s anchors, in its validity, for a TLS server. A chain
-    that fails these raises `TlsBrokenError`; a CA file OpenSSL cannot load, `ProbeError`."""
+    served by a chain to one of `anchors` (PEM text), in its validity, for a TLS server. A
+    chain that fails these raises `TlsBrokenError`; anchors OpenSSL cannot load,
+    `ProbeError`."""
     try:
-        context = _context(endpoint.algorithm, ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ProbeError(f"{ca_file}: OpenSSL cannot load this CA file: {exc}") from None
+        context = _context(endpoint.algorithm, anchors)
+    except (ValueError, ssl.SSLError) as exc:
+        raise ProbeError(f"OpenSSL cannot load these trust anchors: {exc}") from None
     return _handshake(endpoint, context, timeout, None)
 
 

@@ -747,6 +747,24 @@ def test_deploy_hook_no_op_is_judged_again_by_the_full_deploy(
     assert rig.main_cf() == main_cf
 
 
+def test_deploy_hook_no_op_with_a_ca_bundle_of_many_roots_stays_on_the_shortcut(
+    deployed: Deployed,
+) -> None:
+    """A CA file as the system's (a bundle of some 140 roots) with the right root among
+    them: still a no-op without cryptography (OpenSSL is given only the anchors of this
+    chain: pem.anchors_for)."""
+    rig = deployed.rig
+    others = [CA.root(f"bundle root {i}").cert_pem for i in range(140)]
+    bundle = rig.ca_file.parent / "bundle.pem"
+    bundle.write_bytes(b"".join([*others[:70], rig.ca_file.read_bytes(), *others[70:]]))
+
+    result, imported = _hook_importing(rig, "--ca-file", str(bundle))
+
+    assert_ok(result)
+    assert f"{NAME}: unchanged" in result.stderr, result.stderr
+    assert "cryptography" not in imported
+
+
 # ------------------------------------------------------------------- other situations
 
 

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pftls_hook.errors import PftlsError, RefusedError
-from pftls_hook.pem import SourceFiles
+from pftls_hook.pem import SourceFiles, anchors_for
 from pftls_hook.verify import VerifiedBundle, load_anchors, verify_bundle
 from tests.support import tamper
 from tests.support.pki import CA, CLIENT_AUTH, KeyKind, Leaf, certs_pem
@@ -437,3 +437,22 @@ def test_pem_helpers_agree_with_cryptography(leaf: Leaf) -> None:
     assert leaf.fullchain_pem == certs_pem(leaf.cert, *leaf.chain_certs)
     key = serialization.load_pem_private_key(leaf.key_pem(), password=None)
     assert key.public_key() == leaf.cert.public_key()
+
+
+def test_anchors_for_a_chain_are_the_bundle_certificates_issuing_one_of_its_own(
+    leaf: Leaf, inter: CA, root: CA
+) -> None:
+    """The no-op's verifying client gets only these (hook.py): each bundle certificate whose
+    subject is the issuer of a chain certificate, as cryptography reads the names."""
+    others = [CA.root(f"unrelated root {i}") for i in range(3)]
+    bundle = [*others, root, inter, others[0].intermediate("unrelated intermediate")]
+    chain = x509.load_pem_x509_certificates(leaf.fullchain_pem)
+    issuers = {c.issuer for c in chain}
+    expected = [c for c in bundle if c.cert.subject in issuers]
+    assert [c.cert for c in expected] == [root.cert, inter.cert]  # the test's own premise
+
+    got = anchors_for(leaf.fullchain_pem, b"".join(c.cert_pem for c in bundle))
+
+    assert x509.load_pem_x509_certificates(got.encode()) == [c.cert for c in expected]
+    assert anchors_for(leaf.fullchain_pem, b"".join(c.cert_pem for c in others)) == ""
+    assert anchors_for(leaf.fullchain_pem, b"not a certificate\n") == ""

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 from pftls_hook.errors import NotSettledError, RefusedError
 from pftls_hook.lineage import LineageSnapshot, read_lineage, renewed_lineage
-from pftls_hook.pem import SourceFiles, split_pem
+from pftls_hook.pem import SourceFiles, anchors_for, split_pem
 from pftls_hook.verify import (
     VerifiedBundle,
     load_anchors,
@@ -294,7 +294,15 @@ def accepted_certificates(data: bytes) -> None:
 
 
 def accepted_anchors(data: bytes) -> None:
-    """load_anchors: at least one certificate, never more than the file has blocks."""
+    """load_anchors: at least one certificate, never more than the file has blocks; and
+    the no-op's anchors_for, with `data` as the bundle and as the chain: never raises, and
+    picks only whole certificate blocks of the bundle."""
+    for chain, bundle in ((LEAVES[0].fullchain_pem, data), (data, data)):
+        picked = anchors_for(chain, bundle)
+        assert picked.count("-----BEGIN CERTIFICATE-----") <= bundle.count(
+            b"-----BEGIN CERTIFICATE-----"
+        )
+        assert all(block.encode() in bundle for block in picked.split("\n") if block)
     anchors = refused_or(tuple, lambda: load_anchors(data, "ca.pem"))
     if isinstance(anchors, RefusedError):
         return
