@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from tests.support.net import LOOPBACK
 from tests.support.postfix import PostfixInstance, client_context, served_sha256
@@ -50,22 +51,36 @@ def _tail(text: str, lines: int = 15) -> str:
 
 
 def run_checked(
-    argv: Sequence[str], env: Mapping[str, str], *, timeout: float = COMMAND_TIMEOUT
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    timeout: float = COMMAND_TIMEOUT,
+    output: IO[bytes] | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """Run `argv`; it must exit 0. Its output is read from pipes to their end, as certbot
+    reads a hook's (a child left running with them is waited for too); with `output` (a
+    file), the output goes there, and the run ends when `argv` itself exits."""
+    where: dict[str, Any] = (
+        {"stdout": output, "stderr": subprocess.STDOUT}
+        if output is not None
+        else {"capture_output": True, "text": True}
+    )
     proc = subprocess.run(
         list(argv),
-        capture_output=True,
-        text=True,
         env=dict(env),
         cwd=REPO,
         timeout=timeout,
         check=False,
         stdin=subprocess.DEVNULL,
+        **where,
     )
     if proc.returncode != 0:
-        raise BenchError(
-            f"{' '.join(argv)} exited {proc.returncode}:\n{_tail(proc.stderr or proc.stdout)}"
-        )
+        if output is not None:
+            output.seek(0)
+            text = output.read().decode(errors="replace")
+        else:
+            text = proc.stderr or proc.stdout
+        raise BenchError(f"{' '.join(argv)} exited {proc.returncode}:\n{_tail(text)}")
     return proc
 
 
@@ -348,22 +363,8 @@ def own_seconds(argv: Sequence[str], env: Mapping[str, str]) -> float:
     reload` leaves `postsuper &`) is not waited for, as pftls-hook's runner does not."""
     with tempfile.TemporaryFile() as output:
         started = time.perf_counter()
-        proc = subprocess.run(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            cwd=REPO,
-            timeout=COMMAND_TIMEOUT,
-            check=False,
-        )
-        took = time.perf_counter() - started
-        if proc.returncode != 0:
-            output.seek(0)
-            text = output.read().decode(errors="replace")
-            raise BenchError(f"{' '.join(argv)} exited {proc.returncode}:\n{_tail(text)}")
-    return took
+        run_checked(argv, env, output=output)
+        return time.perf_counter() - started
 
 
 __all__ = [

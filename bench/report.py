@@ -276,9 +276,8 @@ def switch_floor(run: Run) -> list[tuple[str, float]]:
     piece as this run measured it alone: (piece, median seconds); [] without the samples."""
     steps = {s.what: statistics.median(s.seconds) for s in run.steps}
     fresh = [t.slowest_s for t in run.reload_trials if t.traffic == AFTER_RELOAD]
-    if not fresh or any(k not in steps for k in (STEP_PYTHON, STEP_CRYPTOGRAPHY)):
-        return []
-    if STEP_POSTCONF not in steps or STEP_RELOAD not in steps:
+    needed = (STEP_PYTHON, STEP_CRYPTOGRAPHY, STEP_POSTCONF, STEP_RELOAD)
+    if not fresh or any(k not in steps for k in needed):
         return []
     return [
         (f"start Python (`{STEP_PYTHON}`)", steps[STEP_PYTHON]),
@@ -346,7 +345,11 @@ def _method(run: Run) -> list[str]:
         " modified in the last second or two wait).",
         "- **the shell hook**: `openssl verify -CAfile <roots> -untrusted chain.pem -purpose"
         " sslserver fullchain.pem && cp fullchain.pem privkey.pem <dir>/ && postfix -c"
-        " <dir> reload`. In the paired rounds main.cf names pftls-hook's files, so that"
+        " <dir> reload`. Every hook run's output is read from pipes to their end, as"
+        " certbot reads a hook's: the shell hook's time includes the `postsuper` its"
+        " `postfix reload` leaves running with them (certbot waits for it too); pftls-hook"
+        " gives its own commands memory files, so it does not. In the paired rounds main.cf"
+        " names pftls-hook's files, so that"
         " pftls-hook finds its own state; the shell hook's work (verify, copy, a reload"
         " signal) is the same whichever files main.cf names. The **proof** stage points"
         " main.cf at the shell hook's copies and shows that its copy is then served.",

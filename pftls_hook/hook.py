@@ -67,7 +67,8 @@ def unchanged(settings: Settings, name: str, reading: Reading) -> Outcome | None
     files = _installed(settings, name, reading)
     if files is None:
         return None
-    leaf, anchors = first_leaf_sha256(files.cert), _anchors(settings, files.fullchain)
+    leaf = first_leaf_sha256(files.cert)
+    anchors = _anchors(settings, files.fullchain) if leaf is not None else ""
     hostnames = settings.hostnames or (reading.instances[0].state.myhostname,)
     if leaf is None or not anchors:
         return None

@@ -19,11 +19,11 @@ private ACME server, e.g. pebble in the tests). Nothing else leaks in.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from io import BufferedRandom
 
 from pftls_hook.errors import CommandError
 
@@ -79,10 +79,15 @@ def run(
         raise CommandError(f"`{args[0]}` could not be started: {exc.strerror}") from exc
 
 
-def _memory_file(name: str) -> BufferedRandom:
-    return open(os.memfd_create(name, os.MFD_CLOEXEC), "w+b")
+@contextlib.contextmanager
+def _memory_file(name: str) -> Iterator[int]:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
-def _text(file: BufferedRandom) -> str:
-    file.seek(0)
-    return file.read().decode("utf-8", errors="replace")
+def _text(fd: int) -> str:
+    # From offset 0 whatever the shared offset: a child left running may still write.
+    return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", errors="replace")

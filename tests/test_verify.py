@@ -7,6 +7,7 @@ file and the check).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -456,3 +457,42 @@ def test_anchors_for_a_chain_are_the_bundle_certificates_issuing_one_of_its_own(
     assert x509.load_pem_x509_certificates(got.encode()) == [c.cert for c in expected]
     assert anchors_for(leaf.fullchain_pem, b"".join(c.cert_pem for c in others)) == ""
     assert anchors_for(leaf.fullchain_pem, b"not a certificate\n") == ""
+
+
+def _der_element(data: bytes, at: int) -> tuple[int, int]:
+    """(start of the content, end) of the DER element at `at` (definite lengths)."""
+    size, at = data[at + 1], at + 2
+    if size & 0x80:
+        count = size & 0x7F
+        size, at = int.from_bytes(data[at : at + count], "big"), at + count
+    return at, at + size
+
+
+def _der_sequence(content: bytes) -> bytes:
+    size = len(content)
+    length = bytes([size]) if size < 0x80 else bytes([0x82]) + size.to_bytes(2, "big")
+    return b"\x30" + length + content
+
+
+def _without_version(der: bytes) -> bytes:
+    """The certificate as a version-1 one writes it: the tbsCertificate without its
+    optional [0] version field (the signature no longer matches; only names are read)."""
+    tbs, _ = _der_element(der, 0)
+    start, end = _der_element(der, tbs)
+    _, version_end = _der_element(der, start)
+    assert der[start] == 0xA0, "the test needs a certificate with a version field"
+    body = _der_sequence(der[version_end:end])
+    _, cert_end = _der_element(der, 0)
+    return _der_sequence(body + der[end:cert_end])
+
+
+def test_anchors_for_reads_a_certificate_without_a_version_field(
+    leaf: Leaf, inter: CA, root: CA
+) -> None:
+    v1_root = _without_version(root.cert_der)
+    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(v1_root)
+    pem += b"-----END CERTIFICATE-----\n"
+
+    got = anchors_for(leaf.fullchain_pem, pem)
+
+    assert got.encode() == pem  # its subject, read from where a version-1 one has it

@@ -397,7 +397,7 @@ def answers_454(tool: Tool) -> bool:
 def held_queue_scan(tool: Tool, gate: Path, waiting: Path) -> None:
     """Point the instance's command_directory at Postfix's own programs, except postsuper:
     run without arguments (the queue scan `postfix reload` leaves running in the
-    background), it says so in `waiting` and waits until `gate` exists."""
+    background), it writes its pid to `waiting` and waits until `gate` exists."""
     real = Path(tool.postfix.postconf("-h", "command_directory").strip())
     commands = tool.base / "commands"
     commands.mkdir()
@@ -406,7 +406,7 @@ def held_queue_scan(tool: Tool, gate: Path, waiting: Path) -> None:
     postsuper = commands / "postsuper"
     postsuper.write_text(
         "#!/bin/sh\n"
-        f'if [ $# -eq 0 ]; then\n  : > "{waiting}"\n'
+        f'if [ $# -eq 0 ]; then\n  echo $$ > "{waiting}.tmp" && mv "{waiting}.tmp" "{waiting}"\n'
         f'  while [ ! -e "{gate}" ]; do sleep 0.05; done\nfi\n'
         f'exec "{real / "postsuper"}" "$@"\n'
     )
@@ -424,8 +424,8 @@ def test_a_reload_does_not_wait_for_its_background_queue_scan(
         result = tool.run("deploy-hook", env={"RENEWED_LINEAGE": str(tool.live_dir / NAME)})
 
         # The deploy hook returned while the scan its reload started was still held.
-        assert waiting.exists(), "the reload's queue scan never ran through the wrapper"
-        assert not gate.exists()
+        wait_until(waiting.exists, timeout=10, what="the reload's queue scan to start")
+        os.kill(int(waiting.read_text()), 0)  # still waiting for the gate
     finally:
         gate.touch()
     assert_exit(result, EXIT_OK)

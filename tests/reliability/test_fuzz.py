@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 from pftls_hook.errors import NotSettledError, RefusedError
 from pftls_hook.lineage import LineageSnapshot, read_lineage, renewed_lineage
-from pftls_hook.pem import SourceFiles, anchors_for, split_pem
+from pftls_hook.pem import CERT_BLOCK, SourceFiles, anchors_for, split_pem
 from pftls_hook.verify import (
     VerifiedBundle,
     load_anchors,
@@ -295,14 +295,21 @@ def accepted_certificates(data: bytes) -> None:
 
 def accepted_anchors(data: bytes) -> None:
     """load_anchors: at least one certificate, never more than the file has blocks; and
-    the no-op's anchors_for, with `data` as the bundle and as the chain: never raises, and
-    picks only whole certificate blocks of the bundle."""
+    the no-op's anchors_for, with `data` as the bundle and as the chain: never raises,
+    returns whole certificate blocks of the bundle, in its order, and where cryptography
+    reads them, only certificates whose subject issues one in the chain."""
     for chain, bundle in ((LEAVES[0].fullchain_pem, data), (data, data)):
         picked = anchors_for(chain, bundle)
-        assert picked.count("-----BEGIN CERTIFICATE-----") <= bundle.count(
-            b"-----BEGIN CERTIFICATE-----"
-        )
-        assert all(block.encode() in bundle for block in picked.split("\n") if block)
+        rest = picked
+        for block in CERT_BLOCK.finditer(bundle):
+            rest = rest.removeprefix(block.group(0).decode("ascii", errors="replace") + "\n")
+        assert rest == "", f"not whole blocks of the bundle: {picked[:80]!r}"
+        try:
+            chosen = x509.load_pem_x509_certificates(picked.encode())
+            issuers = {c.issuer for c in x509.load_pem_x509_certificates(chain)}
+        except ValueError:
+            continue
+        assert all(c.subject in issuers for c in chosen)
     anchors = refused_or(tuple, lambda: load_anchors(data, "ca.pem"))
     if isinstance(anchors, RefusedError):
         return
