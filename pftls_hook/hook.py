@@ -68,11 +68,13 @@ def unchanged(settings: Settings, name: str, reading: Reading) -> Outcome | None
     if files is None:
         return None
     leaf = first_leaf_sha256(files.cert)
-    anchors = _anchors(settings, files.fullchain) if leaf is not None else ""
-    hostnames = settings.hostnames or (reading.instances[0].state.myhostname,)
-    if leaf is None or not anchors:
+    if leaf is None:
         return None
-    if not all(_serves(settings, e, leaf, anchors, hostnames) for e in reading.endpoints):
+    anchors = _anchors(settings, files.fullchain)
+    hostnames = settings.hostnames or (reading.instances[0].state.myhostname,)
+    if not anchors or not all(
+        _serves(settings, e, leaf, anchors, hostnames) for e in reading.endpoints
+    ):
         return None
     for note in reading.notes:
         log.warning("%s", note)

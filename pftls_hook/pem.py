@@ -65,16 +65,16 @@ def anchors_for(chain_pem: bytes, bundle_pem: bytes) -> str:
     accepts no chain the whole bundle would not; it may miss an anchor (a name encoded
     otherwise, a path through two bundle certificates), and the caller then decides by the
     whole bundle. Malformed input counts as no certificate."""
-    issuers = {names[0] for names in map(_issuer_subject, _ders(chain_pem)) if names}
+    issuers = {
+        names[0]
+        for block in CERT_BLOCK.finditer(chain_pem)
+        if (names := _issuer_subject(_der(block.group(1))))
+    }
     return "".join(
         block.group(0).decode("ascii", errors="replace") + "\n"
         for block in CERT_BLOCK.finditer(bundle_pem)
         if (names := _issuer_subject(_der(block.group(1)))) and names[1] in issuers
     )
-
-
-def _ders(pem: bytes) -> list[bytes]:
-    return [_der(block.group(1)) for block in CERT_BLOCK.finditer(pem)]
 
 
 def _der(base64_text: bytes) -> bytes:
